@@ -1,0 +1,36 @@
+import type { FastifyInstance } from 'fastify';
+import type * as grpc from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import type { Registry } from 'prom-client';
+
+/**
+ * What the server hands every capability (generation, search, detector, experiments).
+ * `config` is the whole validated config; each capability reads its own section.
+ */
+export interface CapabilityContext<C = unknown> {
+  readonly config: C;
+  readonly logger: Logger;
+  /** The one Prometheus registry; create metrics with `registers: [ctx.registry]`. */
+  readonly registry: Registry;
+}
+
+/**
+ * A capability plugs models into the transports. The server calls, in order:
+ * registerHttp / registerGrpc (before listening), start() (after listening; /readyz stays 503
+ * with the thrown reason until every start() resolved, and start() must include a real warm-up
+ * inference), then on shutdown drain() (stop taking new work, finish in-flight work) and close().
+ * Transports translate; model logic stays in src/engine and src/index.
+ */
+export interface Capability {
+  readonly name: string;
+  /** Proto files under proto/ this capability serves, for gRPC reflection (e.g. "catskim/v1/generation.proto"). */
+  readonly protoFiles?: readonly string[];
+  registerHttp?(app: FastifyInstance): void | Promise<void>;
+  registerGrpc?(server: grpc.Server): void;
+  /** Load models and warm up with a real inference. Throw to report why the server is not ready. */
+  start(): Promise<void>;
+  /** Stop admitting new work and resolve once in-flight work has finished. */
+  drain(): Promise<void>;
+  /** Free sessions, workers and files. */
+  close(): Promise<void>;
+}
