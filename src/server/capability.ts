@@ -34,3 +34,9 @@ export interface Capability {
   /** Free sessions, workers and files. */
   close(): Promise<void>;
 }
+
+/**
+ * Builds a capability from the server context (src/server/capabilities.ts lists them; tests pass
+ * their own list to startServer). Construct cheaply here; load models in start().
+ */
+export type CapabilityFactory<C = unknown> = (ctx: CapabilityContext<C>) => Capability | Promise<Capability>;
