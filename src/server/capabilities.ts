@@ -8,10 +8,12 @@ import { coreCapability } from './core.js';
 import { generationCapability } from './generation/capability.js';
 import { detectorCapability } from './gate/capability.js';
 import { searchCapability } from './search/capability.js';
+import { experimentsCapability } from './experiments/capability.js';
 
 export const CAPABILITIES: ReadonlyArray<CapabilityFactory<Config>> = [
   coreCapability,
   generationCapability,
   searchCapability,
   detectorCapability,
+  experimentsCapability,
 ];

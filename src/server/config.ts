@@ -16,6 +16,7 @@ import { ConfigError, SectionReader, type ConfigSection } from './config-schema.
 import { generationConfigSection, type GenerationConfig } from './generation/config.js';
 import { detectorConfigSection, type DetectorConfig } from './gate/config.js';
 import { searchConfigSection, type SearchConfig } from './search/config.js';
+import { experimentsConfigSection, type ExperimentsConfig } from './experiments/config.js';
 
 export { ConfigError, SectionReader, type ConfigSection } from './config-schema.js';
 
@@ -30,14 +31,14 @@ export interface ConfigSections {
   generation: GenerationConfig;
   search: SearchConfig;
   detector: DetectorConfig;
-  // experiments: ExperimentsConfig;
+  experiments: ExperimentsConfig;
 }
 
 export const CONFIG_SECTIONS: ReadonlyArray<ConfigSection<unknown>> = [
   generationConfigSection as ConfigSection<unknown>,
   searchConfigSection as ConfigSection<unknown>,
   detectorConfigSection as ConfigSection<unknown>,
-  // experimentsConfigSection,
+  experimentsConfigSection as ConfigSection<unknown>,
 ];
 // ------------------------------------- end of sections ---------------------------------------
 

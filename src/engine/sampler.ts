@@ -1,0 +1,165 @@
+/**
+ * Token sampling with a per-request PRNG of our own, so the same seed and parameters give the same
+ * text whatever else shares the batch (the PRNG advances exactly once per sampled token, and only
+ * when temperature > 0).
+ *
+ * The sampling distribution (documented for callers that will want log-probabilities):
+ *   1. temperature = 0: argmax of the logits (ties go to the lowest token id); no randomness.
+ *   2. otherwise z_i = logit_i / temperature;
+ *   3. candidates sorted by z descending (ties: lower id first); top_k > 0 keeps the first k;
+ *   4. p = softmax over the kept candidates; top_p < 1 keeps the shortest prefix whose cumulative
+ *      probability reaches top_p (at least one token); renormalise;
+ *   5. draw u in [0, 1) from the PRNG and walk the kept candidates in that order.
+ * Arithmetic is float64 on the float32 logits.
+ */
+
+import type { SamplingParams } from './types.js';
+
+const MASK64 = (1n << 64n) - 1n;
+
+/** xoshiro128** seeded from a 64-bit seed through splitmix64. */
+export class Prng {
+  private s0: number;
+  private s1: number;
+  private s2: number;
+  private s3: number;
+
+  constructor(seed: bigint) {
+    let x = BigInt.asUintN(64, seed);
+    const next = (): bigint => {
+      x = (x + 0x9e3779b97f4a7c15n) & MASK64;
+      let z = x;
+      z = ((z ^ (z >> 30n)) * 0xbf58476d1ce4e5b9n) & MASK64;
+      z = ((z ^ (z >> 27n)) * 0x94d049bb133111ebn) & MASK64;
+      return z ^ (z >> 31n);
+    };
+    const a = next();
+    const b = next();
+    this.s0 = Number(a & 0xffffffffn) >>> 0;
+    this.s1 = Number(a >> 32n) >>> 0;
+    this.s2 = Number(b & 0xffffffffn) >>> 0;
+    this.s3 = Number(b >> 32n) >>> 0;
+    if ((this.s0 | this.s1 | this.s2 | this.s3) === 0) this.s0 = 1;
+  }
+
+  /** Next 32-bit unsigned value. */
+  nextU32(): number {
+    const result = Math.imul(rotl(Math.imul(this.s1, 5) >>> 0, 7), 9) >>> 0;
+    const t = (this.s1 << 9) >>> 0;
+    this.s2 = (this.s2 ^ this.s0) >>> 0;
+    this.s3 = (this.s3 ^ this.s1) >>> 0;
+    this.s1 = (this.s1 ^ this.s2) >>> 0;
+    this.s0 = (this.s0 ^ this.s3) >>> 0;
+    this.s2 = (this.s2 ^ t) >>> 0;
+    this.s3 = rotl(this.s3, 11);
+    return result;
+  }
+
+  /** Uniform double in [0, 1) with 53 random bits. */
+  nextFloat(): number {
+    const hi = this.nextU32() >>> 5; // 27 bits
+    const lo = this.nextU32() >>> 6; // 26 bits
+    return (hi * 67108864 + lo) / 9007199254740992;
+  }
+}
+
+function rotl(x: number, k: number): number {
+  return ((x << k) | (x >>> (32 - k))) >>> 0;
+}
+
+export function argmax(logits: Float32Array, offset: number, n: number): number {
+  let best = 0;
+  let bestV = logits[offset]!;
+  for (let i = 1; i < n; i++) {
+    const v = logits[offset + i]!;
+    if (v > bestV) {
+      bestV = v;
+      best = i;
+    }
+  }
+  return best;
+}
+
+export interface SampleResult {
+  readonly token: number;
+}
+
+/** Per-request sampler: parameters + PRNG state + scratch. */
+export class Sampler {
+  private readonly prng: Prng | null;
+  private readonly order: Int32Array;
+  private readonly probs: Float64Array;
+  private readonly keys: Float64Array;
+  private readonly row: Float32Array;
+  private readonly bits: Uint32Array;
+
+  constructor(readonly params: SamplingParams, readonly vocab: number) {
+    this.prng = params.temperature > 0 ? new Prng(BigInt(params.seed)) : null;
+    this.order = new Int32Array(vocab);
+    this.probs = new Float64Array(vocab);
+    this.keys = new Float64Array(vocab);
+    this.row = new Float32Array(vocab);
+    this.bits = new Uint32Array(this.row.buffer);
+  }
+
+  /**
+   * Fills `order` with token ids by logit descending, ties by lower id, using one native numeric
+   * sort: key = (2^32 - 1 - orderedBits(logit)) * V + id, exact in a float64 (V < 2^21).
+   */
+  private sortByLogit(logits: Float32Array, offset: number): void {
+    const V = this.vocab;
+    const row = this.row;
+    row.set(logits.subarray(offset, offset + V));
+    const bits = this.bits;
+    const keys = this.keys;
+    for (let i = 0; i < V; i++) {
+      const b = bits[i]!;
+      // order-preserving map of float32 bits to uint32 (ascending float -> ascending uint)
+      const u = b & 0x80000000 ? ~b >>> 0 : (b | 0x80000000) >>> 0;
+      keys[i] = (0xffffffff - u) * V + i;
+    }
+    keys.sort();
+    const order = this.order;
+    for (let j = 0; j < V; j++) order[j] = keys[j]! % V;
+  }
+
+  /** Samples from logits[offset .. offset+vocab). */
+  sample(logits: Float32Array, offset: number): SampleResult {
+    const V = this.vocab;
+    const { temperature, topK, topP } = this.params;
+    if (this.prng === null) return { token: argmax(logits, offset, V) };
+
+    this.sortByLogit(logits, offset);
+    const order = this.order;
+    let kept = topK > 0 && topK < V ? topK : V;
+    const probs = this.probs;
+    const zmax = logits[offset + order[0]!]! / temperature;
+    let sum = 0;
+    for (let j = 0; j < kept; j++) {
+      const p = Math.exp(logits[offset + order[j]!]! / temperature - zmax);
+      probs[j] = p;
+      sum += p;
+    }
+    if (topP < 1) {
+      let cum = 0;
+      let j = 0;
+      for (; j < kept; j++) {
+        cum += probs[j]! / sum;
+        if (cum >= topP) {
+          j++;
+          break;
+        }
+      }
+      kept = Math.max(1, Math.min(j, kept));
+      sum = 0;
+      for (let i = 0; i < kept; i++) sum += probs[i]!;
+    }
+    const u = this.prng.nextFloat() * sum;
+    let acc = 0;
+    for (let j = 0; j < kept; j++) {
+      acc += probs[j]!;
+      if (u < acc) return { token: order[j]! };
+    }
+    return { token: order[kept - 1]! };
+  }
+}

@@ -1,0 +1,144 @@
+/**
+ * Types shared by the main-thread engine API and the inference worker.
+ * Everything here crosses a worker_threads boundary (structured clone): plain data only.
+ */
+
+import type { OnnxConfig, SessionRecord } from './session.js';
+
+export type ModelKind = 'adaptive_cat' | 'dense';
+
+/** What a loaded model is (from its manifest). */
+export interface ModelInfo {
+  /** Served name (from config), e.g. "cat-kjv". */
+  readonly name: string;
+  readonly kind: ModelKind;
+  readonly dModel: number;
+  readonly nLayers: number;
+  readonly nHeads: number;
+  readonly headDim: number;
+  readonly vocabSize: number;
+  /** Trained chunk sizes (empty for dense). */
+  readonly chunkSizes: readonly number[];
+  /** Chunk size used when a request asks for 0 (0 for dense). */
+  readonly defaultChunkSize: number;
+  /** Most tokens (prompt + generated) one sequence may hold. */
+  readonly maxContext: number;
+  /** Bytes of K+V one cache slot holds across all layers (2 * L * H * Dh * 4). */
+  readonly kvBytesPerSlot: number;
+}
+
+/** Why a generation ended. */
+export type FinishReason = 'length' | 'stop' | 'context_limit' | 'cancelled' | 'deadline' | 'error';
+
+/** Sampling and stopping parameters after validation (every value explicit). */
+export interface SamplingParams {
+  /** 0 = greedy (argmax, ties to the lowest id). */
+  readonly temperature: number;
+  /** 0 = no top-k cut. */
+  readonly topK: number;
+  /** 1 = no nucleus cut. */
+  readonly topP: number;
+  /** 64-bit seed as a decimal string (exact across threads and transports). */
+  readonly seed: string;
+}
+
+/** A validated request as the worker receives it. */
+export interface WorkerRequest {
+  readonly id: string;
+  readonly promptIds: Uint8Array;
+  /** 0 for dense. */
+  readonly chunkSize: number;
+  readonly maxTokens: number;
+  readonly sampling: SamplingParams;
+  /** Stop sequences as UTF-8 bytes. */
+  readonly stops: readonly Uint8Array[];
+  /** Absolute wall-clock deadline (Date.now() ms), or 0 for none. */
+  readonly deadlineMs: number;
+}
+
+export interface Usage {
+  promptTokens: number;
+  completionTokens: number;
+  /** Most KV-cache bytes (all layers, K and V, slots actually used) the request held at once. */
+  peakKvCacheBytes: number;
+}
+
+/** Per-request timings measured inside the worker (milliseconds). */
+export interface WorkerTimings {
+  /** Arrival at the worker to the first tick that worked on it. */
+  queueMs: number;
+  /** First scheduled tick to the first sampled token. */
+  prefillMs: number;
+  /** First sampled token to the end. */
+  decodeMs: number;
+}
+
+/** One request's output from one tick. */
+export interface TokenEvent {
+  readonly id: string;
+  /** Token ids sampled in this tick (usually one; may be empty on the final event). */
+  readonly tokenIds: number[];
+  /** New text that is safe to show (stop-sequence prefixes are held back until resolved). */
+  readonly text: string;
+  readonly finishReason?: FinishReason;
+  readonly usage?: Usage;
+  readonly timings?: WorkerTimings;
+  /** Set with finishReason 'error'. */
+  readonly error?: string;
+}
+
+export interface ChunkStats {
+  /** Chunk size (0 = dense). */
+  readonly chunkSize: number;
+  readonly running: number;
+  readonly waiting: number;
+  readonly kvBytes: number;
+}
+
+export interface EngineStats {
+  readonly running: number;
+  readonly waiting: number;
+  /** KV-cache bytes held by running requests (slots actually used). */
+  readonly kvBytes: number;
+  /** KV-cache bytes allocated for the batched past buffers (capacity, including padding). */
+  readonly kvAllocatedBytes: number;
+  readonly byChunkSize: readonly ChunkStats[];
+}
+
+/** Scheduler limits (worker side). */
+export interface SchedulerOptions {
+  /** Most requests in the running batch. */
+  readonly maxRunning: number;
+  /** Decoder positions one request's prefill feeds per tick (fixed per request, so results do not depend on load). */
+  readonly prefillChunk: number;
+  /** Decoder positions all prefills together may feed per tick. */
+  readonly prefillBudget: number;
+  /** Past-capacity granule in slots (the past tensors' P is a multiple of it). */
+  readonly kvSlotGranule: number;
+  /**
+   * 'fused': one decode call per tick for every row (prefill segments included; short rows are
+   * padded to the longest segment). 'separate' (default): token/boundary rows in one call and,
+   * when prompts are being prefilled next to them, the prefill segments in a second call.
+   */
+  readonly prefillMode?: 'fused' | 'separate';
+}
+
+export interface WorkerInit {
+  readonly name: string;
+  readonly modelDir: string;
+  readonly onnx: OnnxConfig;
+  readonly verifySha256: boolean;
+  readonly scheduler: SchedulerOptions;
+}
+
+export type MainToWorker =
+  | { type: 'submit'; req: WorkerRequest }
+  | { type: 'cancel'; id: string; reason: FinishReason }
+  | { type: 'stop' };
+
+export type WorkerToMain =
+  | { type: 'ready'; info: ModelInfo; provider: string; records: SessionRecord[] }
+  | { type: 'fatal'; message: string }
+  | { type: 'tick'; admitted: string[]; events: TokenEvent[]; stats: EngineStats; tickMs: number }
+  | { type: 'stopped' }
+  | { type: 'log'; level: 'info' | 'warn' | 'debug'; obj: object; msg?: string };

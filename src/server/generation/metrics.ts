@@ -1,0 +1,102 @@
+/**
+ * Generation metrics (vLLM names, prefixed catskim_), labelled by model and chunk_size
+ * (chunk_size "0" = dense). Times are measured on the main thread (what a client sees, minus the
+ * network) except queue/prefill/decode, which the worker measures.
+ */
+import type { Registry, Counter, Gauge, Histogram } from 'prom-client';
+import { counter, gauge, histogram, LATENCY_BUCKETS } from '../metrics.js';
+import type { EngineStats } from '../../engine/types.js';
+import type { GenerationResult } from '../../engine/engine.js';
+
+type L = 'model' | 'chunk_size';
+
+export interface GenerationMetrics {
+  ttft: Histogram<L>;
+  itl: Histogram<L>;
+  e2e: Histogram<L>;
+  queue: Histogram<L>;
+  prefill: Histogram<L>;
+  decode: Histogram<L>;
+  running: Gauge<L>;
+  waiting: Gauge<L>;
+  kvBytes: Gauge<L>;
+  kvAllocated: Gauge<'model'>;
+  promptTokens: Counter<L>;
+  generationTokens: Counter<L>;
+  success: Counter<L | 'finished_reason'>;
+  rejected: Counter<'model' | 'reason'>;
+}
+
+const LONG_BUCKETS = [...LATENCY_BUCKETS, 120, 300];
+
+export function generationMetrics(registry: Registry): GenerationMetrics {
+  const labels: L[] = ['model', 'chunk_size'];
+  return {
+    ttft: histogram(registry, 'catskim_time_to_first_token_seconds', 'Time from submission to the first generated token', labels),
+    itl: histogram(registry, 'catskim_inter_token_latency_seconds', 'Time between successive generated tokens (a tick delivering n tokens counts n gaps of 1/n)', labels),
+    e2e: histogram(registry, 'catskim_e2e_request_latency_seconds', 'Time from submission to the end of generation', labels, LONG_BUCKETS),
+    queue: histogram(registry, 'catskim_request_queue_time_seconds', 'Time a request waited before its first scheduler tick', labels, LONG_BUCKETS),
+    prefill: histogram(registry, 'catskim_request_prefill_time_seconds', 'First scheduled tick to the first sampled token (prefill, chunked across ticks)', labels),
+    decode: histogram(registry, 'catskim_request_decode_time_seconds', 'First sampled token to the end of generation', labels, LONG_BUCKETS),
+    running: gauge(registry, 'catskim_num_requests_running', 'Requests in the running batch', labels),
+    waiting: gauge(registry, 'catskim_num_requests_waiting', 'Requests waiting for a batch slot', labels),
+    kvBytes: gauge(registry, 'catskim_kv_cache_bytes', 'KV-cache bytes held by running requests (slots in use, all layers, K and V)', labels),
+    kvAllocated: gauge(registry, 'catskim_kv_cache_allocated_bytes', 'KV-cache bytes allocated for the batched past buffers (capacity)', ['model']),
+    promptTokens: counter(registry, 'catskim_prompt_tokens_total', 'Prompt tokens of finished requests', labels),
+    generationTokens: counter(registry, 'catskim_generation_tokens_total', 'Generated tokens', labels),
+    success: counter(registry, 'catskim_request_success_total', 'Finished requests by finish reason', [...labels, 'finished_reason']),
+    rejected: counter(registry, 'catskim_generation_rejected_total', 'Generation requests refused before queuing, by reason', ['model', 'reason']),
+  };
+}
+
+/** Sets the gauges of one model from the engine's per-tick stats. */
+export function observeStats(m: GenerationMetrics, model: string, s: EngineStats): void {
+  for (const c of s.byChunkSize) {
+    const l = { model, chunk_size: String(c.chunkSize) };
+    m.running.set(l, c.running);
+    m.waiting.set(l, c.waiting);
+    m.kvBytes.set(l, c.kvBytes);
+  }
+  m.kvAllocated.set({ model }, s.kvAllocatedBytes);
+}
+
+/** Per-request observer: inter-token latency while streaming, the rest at the end. */
+export class RequestObserver {
+  private last = 0;
+  private readonly labels: Record<L, string>;
+
+  constructor(
+    private readonly m: GenerationMetrics,
+    model: string,
+    chunkSize: number,
+    private readonly submittedAt = performance.now(),
+  ) {
+    this.labels = { model, chunk_size: String(chunkSize) };
+  }
+
+  onTokens(n: number): void {
+    if (n <= 0) return;
+    const now = performance.now();
+    if (this.last === 0) {
+      this.m.ttft.observe(this.labels, (now - this.submittedAt) / 1000);
+      if (n > 1) for (let i = 1; i < n; i++) this.m.itl.observe(this.labels, 0);
+    } else {
+      const gap = (now - this.last) / 1000 / n;
+      for (let i = 0; i < n; i++) this.m.itl.observe(this.labels, gap);
+    }
+    this.last = now;
+    this.m.generationTokens.inc(this.labels, n);
+  }
+
+  onFinish(r: GenerationResult): void {
+    const l = this.labels;
+    this.m.e2e.observe(l, r.timings.e2eMs / 1000);
+    this.m.queue.observe(l, r.timings.queueMs / 1000);
+    if (r.usage.completionTokens > 0) {
+      this.m.prefill.observe(l, r.timings.prefillMs / 1000);
+      this.m.decode.observe(l, r.timings.decodeMs / 1000);
+    }
+    this.m.promptTokens.inc(l, r.usage.promptTokens);
+    this.m.success.inc({ ...l, finished_reason: r.finishReason });
+  }
+}
