@@ -10,6 +10,7 @@ import { InvalidArgumentError, ResourceExhaustedError, UnavailableError, Catskim
 import { recordSession, type OnnxConfig, type SessionLogger } from './session.js';
 import { encode } from './tokenizer.js';
 import type {
+  TokenLogprob,
   EngineStats,
   FinishReason,
   MainToWorker,
@@ -40,6 +41,10 @@ export interface EngineLimits {
   /** Most stop sequences, and the longest one in UTF-8 bytes. */
   readonly maxStops: number;
   readonly maxStopBytes: number;
+  /** Most samples per Generate request (n) and continuations per Score request; also capped by the batch size. Default 16. */
+  readonly maxN?: number;
+  /** Most alternatives per token (top_logprobs). Default 20. */
+  readonly maxTopLogprobs?: number;
 }
 
 export interface EngineOptions {
@@ -71,6 +76,66 @@ export interface GenerateParams {
   readonly stop?: readonly string[];
   /** Absolute deadline (Date.now() ms); 0 / undefined = none. */
   readonly deadlineMs?: number;
+  /** Samples from this prompt, prefilled once (0 / undefined = 1). Sample i uses seed + i. */
+  readonly n?: number;
+  /** Per-token log-probabilities (sampling distribution and raw model). */
+  readonly logprobs?: boolean;
+  /** Alternatives per token, 0..maxTopLogprobs; > 0 turns logprobs on. */
+  readonly topLogprobs?: number;
+}
+
+/** A Score request: log-probabilities of continuations of one prompt (teacher forcing, no sampling). */
+export interface ScoreParams {
+  /** The prompt as text, or as token ids (promptIds wins when non-empty). */
+  readonly prompt?: string;
+  readonly promptIds?: ArrayLike<number>;
+  /** One or more continuations, each as text or as token ids (tokenIds wins when non-empty). */
+  readonly continuations: ReadonlyArray<{ readonly text?: string; readonly tokenIds?: ArrayLike<number> }>;
+  /** 0 / undefined = the model's default chunk size. */
+  readonly chunkSize?: number;
+  /** Alternatives per token (0..maxTopLogprobs). */
+  readonly topLogprobs?: number;
+  /**
+   * Optional sampling parameters: with temperature > 0 each token also gets `logprob` under that
+   * sampling distribution (the value Generate reports for the same parameters).
+   */
+  readonly temperature?: number;
+  readonly topK?: number;
+  readonly topP?: number;
+  readonly deadlineMs?: number;
+}
+
+export interface ScoredContinuation {
+  readonly index: number;
+  readonly tokenIds: number[];
+  /** Per token: rawLogprob (log_softmax of the raw logits), logprob (sampling distribution), alternatives. */
+  readonly logprobs: TokenLogprob[];
+  /** Sum of rawLogprob over the continuation. */
+  readonly sumRawLogprob: number;
+  /** Sum of logprob (meaningful with temperature > 0). */
+  readonly sumLogprob: number;
+}
+
+export interface ScoreResult {
+  readonly model: string;
+  readonly chunkSize: number;
+  readonly promptTokens: number;
+  readonly continuations: ScoredContinuation[];
+  readonly finishReason: FinishReason;
+  readonly usage: Usage;
+  readonly error?: string;
+}
+
+/** One sample of a generation request. */
+export interface ChoiceResult {
+  readonly index: number;
+  readonly text: string;
+  readonly tokenIds: number[];
+  readonly finishReason: FinishReason;
+  /** Per token of tokenIds, when asked. */
+  readonly logprobs?: TokenLogprob[];
+  readonly completionTokens: number;
+  readonly error?: string;
 }
 
 export interface GenerationResult {
@@ -85,11 +150,24 @@ export interface GenerationResult {
   readonly usage: Usage;
   readonly timings: WorkerTimings & { ttftMs: number; e2eMs: number };
   readonly error?: string;
+  /**
+   * Every sample (n entries, index order). text / tokenIds / finishReason / error above are those
+   * of choice 0 (for n = 1 the only one); usage is the request's: prompt tokens once, completion
+   * tokens summed over the choices, peak KV bytes of all its rows at once.
+   */
+  readonly choices: ChoiceResult[];
+  /** The number of samples asked for. */
+  readonly n: number;
 }
 
 export interface GenerationListener {
-  /** Called once per tick that produced tokens for this request (text may be '' while held back). */
-  onTokens?(text: string, tokenIds: number[]): void;
+  /**
+   * Called once per tick that produced tokens for a choice of this request (text may be '' while
+   * held back); `index` is the choice (0 for n = 1); `logprobs` per token when asked.
+   */
+  onTokens?(text: string, tokenIds: number[], index: number, logprobs?: TokenLogprob[]): void;
+  /** A choice ended (called before the request's result resolves). */
+  onChoiceEnd?(index: number, finishReason: FinishReason, completionTokens: number): void;
   /** The request entered the running batch. */
   onStart?(): void;
 }
@@ -103,6 +181,15 @@ export interface GenerationHandle {
   cancel(reason?: FinishReason): void;
 }
 
+interface ChoiceState {
+  text: string[];
+  tokenIds: number[];
+  logprobs: TokenLogprob[];
+  finishReason?: FinishReason;
+  completionTokens: number;
+  error?: string;
+}
+
 interface Pending {
   readonly req: WorkerRequest;
   readonly listener?: GenerationListener;
@@ -110,8 +197,7 @@ interface Pending {
   waiting: boolean;
   running: boolean;
   firstTokenAt: number;
-  text: string[];
-  tokenIds: number[];
+  readonly choices: ChoiceState[];
   resolve(r: GenerationResult): void;
   reject(e: Error): void;
 }
@@ -259,6 +345,8 @@ export class GenerationEngine {
       return b;
     });
     const deadlineMs = p.deadlineMs ?? 0;
+    const n = this.validateN(p.n ?? 0, 'n');
+    const top = this.validateTop(p.topLogprobs ?? 0);
     return {
       id: `${this.info.name}-${++this.nextId}`,
       promptIds,
@@ -267,6 +355,84 @@ export class GenerationEngine {
       sampling: { temperature, topK, topP, seed: seed.toString() },
       stops,
       deadlineMs,
+      n,
+      logprobs: p.logprobs || top > 0 ? top : -1,
+    };
+  }
+
+  /** Most samples (n) or continuations per request: the configured maximum, and never more than the batch. */
+  get maxN(): number {
+    return Math.min(this.opts.limits.maxN ?? 16, this.opts.scheduler.maxRunning);
+  }
+
+  private validateN(raw: number, field: string): number {
+    const max = this.maxN;
+    if (!Number.isInteger(raw) || raw < 0 || raw > max) {
+      throw new InvalidArgumentError(field, `must be an integer in 1..${max} (0 = 1; the server's limit is min(generation.maxN, generation.maxRunning)), got ${raw}`);
+    }
+    return raw === 0 ? 1 : raw;
+  }
+
+  private validateTop(raw: number): number {
+    const max = this.opts.limits.maxTopLogprobs ?? 20;
+    if (!Number.isInteger(raw) || raw < 0 || raw > max) throw new InvalidArgumentError('top_logprobs', `must be an integer in 0..${max}, got ${raw}`);
+    return raw;
+  }
+
+  /** Checks a Score request; throws InvalidArgumentError naming the field. */
+  validateScore(p: ScoreParams): WorkerRequest {
+    const info = this.info;
+    const V = info.vocabSize;
+    const ids = (raw: ArrayLike<number>, field: string): Uint8Array => {
+      const out = new Uint8Array(raw.length);
+      for (let i = 0; i < raw.length; i++) {
+        const t = raw[i]!;
+        if (!Number.isInteger(t) || t < 0 || t >= V || t > 255) throw new InvalidArgumentError(`${field}[${i}]`, `must be a token id in 0..${Math.min(V, 256) - 1}, got ${t}`);
+        out[i] = t;
+      }
+      return out;
+    };
+    let promptIds: Uint8Array;
+    if (p.promptIds && p.promptIds.length > 0) promptIds = ids(p.promptIds, 'prompt_token_ids');
+    else if (typeof p.prompt === 'string' && p.prompt.length > 0) promptIds = encode(p.prompt);
+    else throw new InvalidArgumentError('prompt', 'must not be empty (send prompt or prompt_token_ids)');
+    const chunkSize = this.resolveChunkSize(p.chunkSize ?? 0);
+    const conts = p.continuations ?? [];
+    if (conts.length === 0) throw new InvalidArgumentError('continuations', 'send at least one continuation');
+    if (conts.length > this.maxN) throw new InvalidArgumentError('continuations', `at most ${this.maxN} per request (min(generation.maxN, generation.maxRunning)), got ${conts.length}`);
+    const forced = conts.map((c, i) => {
+      const f = c.tokenIds && c.tokenIds.length > 0 ? ids(c.tokenIds, `continuations[${i}].token_ids`) : typeof c.text === 'string' ? encode(c.text) : new Uint8Array(0);
+      if (f.length === 0) throw new InvalidArgumentError(`continuations[${i}]`, 'must not be empty (send text or token_ids)');
+      const total = promptIds.length + f.length;
+      if (total > info.maxContext) {
+        throw new InvalidArgumentError(
+          `continuations[${i}]`,
+          `prompt (${promptIds.length} tokens) + continuation (${f.length} tokens) = ${total} tokens is over the context limit of model "${info.name}" (${info.maxContext}); Score never truncates`,
+        );
+      }
+      return f;
+    });
+    const temperature = p.temperature ?? 0;
+    const lim = this.opts.limits;
+    if (typeof temperature !== 'number' || !Number.isFinite(temperature) || temperature < 0 || temperature > lim.maxTemperature) {
+      throw new InvalidArgumentError('temperature', `must be a number in [0, ${lim.maxTemperature}] (0 = raw log-probabilities only), got ${temperature}`);
+    }
+    const topK = p.topK ?? 0;
+    if (!Number.isInteger(topK) || topK < 0 || topK > V) throw new InvalidArgumentError('top_k', `must be an integer in 0..${V} (0 = no top-k cut), got ${topK}`);
+    const tp = p.topP ?? 0;
+    if (typeof tp !== 'number' || !Number.isFinite(tp) || tp < 0 || tp > 1) throw new InvalidArgumentError('top_p', `must be a number in (0, 1] (0 = unset = 1), got ${tp}`);
+    const top = this.validateTop(p.topLogprobs ?? 0);
+    return {
+      id: `${this.info.name}-${++this.nextId}`,
+      promptIds,
+      chunkSize,
+      maxTokens: Math.max(...forced.map((f) => f.length)),
+      sampling: { temperature, topK, topP: tp === 0 ? 1 : tp, seed: '0' },
+      stops: [],
+      deadlineMs: p.deadlineMs ?? 0,
+      n: forced.length,
+      logprobs: top,
+      forced,
     };
   }
 
@@ -295,13 +461,57 @@ export class GenerationEngine {
    * it resolves with finishReason 'cancelled' / 'deadline'.
    */
   submit(p: GenerateParams, listener?: GenerationListener): GenerationHandle {
+    this.checkOpen();
+    return this.enqueue(this.validate(p), listener);
+  }
+
+  private checkOpen(): void {
     if (this.fatal) throw new UnavailableError(`model "${this.info.name}" is unavailable: ${this.fatal}`);
     if (this.draining || this.closed) throw new UnavailableError(`model "${this.info.name}" is draining and accepts no new requests`);
-    const req = this.validate(p);
+  }
+
+  /**
+   * Scores continuations of a prompt (teacher forcing through the batched engine: the prompt is
+   * prefilled once and forked per continuation; chunk boundaries run as in generation).
+   */
+  async score(p: ScoreParams, opts: { signal?: AbortSignal } = {}): Promise<ScoreResult> {
+    this.checkOpen();
+    const req = this.validateScore(p);
+    const h = this.enqueue(req);
+    const onAbort = () => h.cancel('cancelled');
+    if (opts.signal?.aborted) onAbort();
+    else opts.signal?.addEventListener('abort', onAbort, { once: true });
+    let r: GenerationResult;
+    try {
+      r = await h.result;
+    } finally {
+      opts.signal?.removeEventListener('abort', onAbort);
+    }
+    const bad = r.choices.find((c) => c.finishReason !== 'length');
+    return {
+      model: r.model,
+      chunkSize: r.chunkSize,
+      promptTokens: req.promptIds.length,
+      finishReason: bad ? bad.finishReason : 'length',
+      usage: r.usage,
+      ...(bad?.error ? { error: bad.error } : {}),
+      continuations: r.choices.map((c) => ({
+        index: c.index,
+        tokenIds: c.tokenIds,
+        logprobs: c.logprobs ?? [],
+        sumRawLogprob: (c.logprobs ?? []).reduce((a, x) => a + x.rawLogprob, 0),
+        sumLogprob: (c.logprobs ?? []).reduce((a, x) => a + x.logprob, 0),
+      })),
+    };
+  }
+
+  private enqueue(req: WorkerRequest, listener?: GenerationListener): GenerationHandle {
     const lim = this.opts.limits;
-    // Requests that will join the batch at the next tick (free slots) do not count as queued.
+    const n = req.n ?? 1;
+    // Queue accounting is in samples (rows): requests that will join the batch at the next tick
+    // (free slots) do not count as queued; a request of n samples needs n slots.
     const queued = this.waitingCount - Math.max(0, this.opts.scheduler.maxRunning - this.runningCount);
-    if (queued + 1 > lim.maxWaiting) {
+    if (queued + n > lim.maxWaiting) {
       throw new ResourceExhaustedError(
         `generation queue of model "${this.info.name}" is full (${this.runningCount} running, ${Math.max(0, queued)} waiting, limit ${lim.maxWaiting}); retry later`,
         1,
@@ -321,9 +531,10 @@ export class GenerationEngine {
       resolve = res;
       reject = rej;
     });
-    const entry: Pending = { req, listener, submittedAt: performance.now(), waiting: true, running: false, firstTokenAt: 0, text: [], tokenIds: [], resolve, reject };
+    const choices: ChoiceState[] = Array.from({ length: n }, () => ({ text: [], tokenIds: [], logprobs: [], completionTokens: 0 }));
+    const entry: Pending = { req, listener, submittedAt: performance.now(), waiting: true, running: false, firstTokenAt: 0, choices, resolve, reject };
     this.pending.set(req.id, entry);
-    this.waitingCount++;
+    this.waitingCount += n;
     this.waitingTokens += req.promptIds.length;
     this.post({ type: 'submit', req });
     return {
@@ -401,11 +612,12 @@ export class GenerationEngine {
   private leaveQueue(e: Pending, admitted: boolean): void {
     if (!e.waiting) return;
     e.waiting = false;
-    this.waitingCount--;
+    const n = e.req.n ?? 1;
+    this.waitingCount -= n;
     this.waitingTokens -= e.req.promptIds.length;
     if (admitted) {
       e.running = true;
-      this.runningCount++;
+      this.runningCount += n;
     }
   }
 
@@ -420,12 +632,15 @@ export class GenerationEngine {
     for (const ev of events) {
       const e = this.pending.get(ev.id);
       if (!e) continue;
+      const c = e.choices[ev.index];
+      if (!c) continue;
       if (ev.tokenIds.length > 0 && e.firstTokenAt === 0) e.firstTokenAt = now;
-      if (ev.text) e.text.push(ev.text);
-      for (const t of ev.tokenIds) e.tokenIds.push(t);
+      if (ev.text) c.text.push(ev.text);
+      for (const t of ev.tokenIds) c.tokenIds.push(t);
+      if (ev.logprobs) for (const x of ev.logprobs) c.logprobs.push(x);
       if (ev.tokenIds.length > 0 || ev.text) {
         try {
-          e.listener?.onTokens?.(ev.text, ev.tokenIds);
+          e.listener?.onTokens?.(ev.text, ev.tokenIds, ev.index, ev.logprobs);
         } catch (err) {
           this.opts.logger?.warn({ err: String(err), id: ev.id }, 'generation listener threw');
         }
@@ -433,19 +648,41 @@ export class GenerationEngine {
       if (ev.finishReason) {
         this.leaveQueue(e, false);
         if (e.running) this.runningCount--;
+        c.finishReason = ev.finishReason;
+        c.completionTokens = ev.usage?.completionTokens ?? c.tokenIds.length;
+        if (ev.error) c.error = ev.error;
+        try {
+          e.listener?.onChoiceEnd?.(ev.index, ev.finishReason, c.completionTokens);
+        } catch (err) {
+          this.opts.logger?.warn({ err: String(err), id: ev.id }, 'generation listener threw');
+        }
+      }
+      if (ev.request) {
         this.pending.delete(ev.id);
-        const t = ev.timings ?? { queueMs: 0, prefillMs: 0, decodeMs: 0 };
+        const t = ev.request.timings;
+        const choices: ChoiceResult[] = e.choices.map((x, index) => ({
+          index,
+          text: x.text.join(''),
+          tokenIds: x.tokenIds,
+          finishReason: x.finishReason ?? 'error',
+          completionTokens: x.completionTokens,
+          ...(e.req.logprobs !== undefined && e.req.logprobs >= 0 ? { logprobs: x.logprobs } : {}),
+          ...(x.error ? { error: x.error } : {}),
+        }));
+        const c0 = choices[0]!;
         e.resolve({
           id: ev.id,
-          text: e.text.join(''),
-          tokenIds: e.tokenIds,
-          finishReason: ev.finishReason,
+          text: c0.text,
+          tokenIds: c0.tokenIds,
+          finishReason: c0.finishReason,
           model: this.info.name,
           chunkSize: e.req.chunkSize,
           seed: e.req.sampling.seed,
-          usage: ev.usage ?? { promptTokens: e.req.promptIds.length, completionTokens: e.tokenIds.length, peakKvCacheBytes: 0 },
+          usage: ev.request.usage,
           timings: { ...t, ttftMs: e.firstTokenAt ? e.firstTokenAt - e.submittedAt : 0, e2eMs: now - e.submittedAt },
-          ...(ev.error ? { error: ev.error } : {}),
+          ...(c0.error ? { error: c0.error } : {}),
+          choices,
+          n: e.choices.length,
         });
       }
     }

@@ -23,6 +23,8 @@ export class BatchedKvCache {
   relayouts = 0;
   /** Number of gathers of non-contiguous rows (each copies those rows' whole past once). */
   gathers = 0;
+  /** Number of row copies (forks of a prefilled request into its samples). */
+  rowCopies = 0;
 
   constructor(
     readonly nLayers: number,
@@ -190,6 +192,28 @@ export class BatchedKvCache {
       k.set(newKey.subarray(src, src + len), dst);
       v.set(newValue.subarray(src, src + len), dst);
     }
+  }
+
+  /**
+   * Copies the first `slots` slots of row `src` into row `dst` (every layer, K and V, each head):
+   * the fork of a request's prefilled cache into its other samples. Slots beyond stay stale.
+   */
+  copyRow(src: number, dst: number, slots: number): void {
+    if (src < 0 || src >= this.rows || dst < 0 || dst >= this.rows) throw new RangeError(`copyRow ${src} -> ${dst} out of range`);
+    if (slots > this.cap) throw new RangeError(`copyRow: ${slots} slots over capacity ${this.cap}`);
+    if (src === dst || slots <= 0) return;
+    const H = this.nHeads;
+    const Dh = this.headDim;
+    const len = slots * Dh;
+    for (let l = 0; l < this.nLayers; l++) {
+      for (const buf of [this.keys[l]!, this.values[l]!]) {
+        for (let h = 0; h < H; h++) {
+          const from = ((src * H + h) * this.cap) * Dh;
+          buf.copyWithin(((dst * H + h) * this.cap) * Dh, from, from + len);
+        }
+      }
+    }
+    this.rowCopies++;
   }
 
   /** With no rows left: drops the backing store back to its initial size (no memory kept by bursts). */

@@ -11,6 +11,16 @@
  *      probability reaches top_p (at least one token); renormalise;
  *   5. draw u in [0, 1) from the PRNG and walk the kept candidates in that order.
  * Arithmetic is float64 on the float32 logits.
+ *
+ * Log-probabilities (`Sampler.logprobs`, issue 9):
+ *   - `logprob`: log p(token) under the distribution above, i.e. after temperature, top_k and top_p
+ *     with renormalisation over the kept candidates; -Infinity for a token outside the kept set.
+ *     Greedy (temperature 0) samples from a point mass: 0 for the argmax token, -Infinity for every
+ *     other token.
+ *   - `rawLogprob`: log_softmax of the raw logits (temperature 1, no cut): the model's own
+ *     probability, the one `Score` returns.
+ *   - top alternatives: the m tokens with the highest raw logits (ties: lower id first), each with
+ *     both values. Sampling never changes that order (temperature is monotone, the cuts keep a prefix).
  */
 
 import type { SamplingParams } from './types.js';
@@ -84,6 +94,31 @@ export interface SampleResult {
   readonly token: number;
 }
 
+/** One alternative token with its log-probabilities (see the file comment). */
+export interface TopLogprob {
+  readonly token: number;
+  readonly logprob: number;
+  readonly rawLogprob: number;
+}
+
+/** Log-probabilities of one generated (or scored) token. */
+export interface TokenLogprob extends TopLogprob {
+  /** The m most likely alternatives (raw logits), when asked. */
+  readonly top?: TopLogprob[];
+}
+
+/** log_softmax(logits[offset .. offset+n))[token] pieces: the log-sum-exp of the row (float64). */
+export function logSumExp(logits: Float32Array, offset: number, n: number, scale = 1): number {
+  let m = -Infinity;
+  for (let i = 0; i < n; i++) {
+    const v = logits[offset + i]! * scale;
+    if (v > m) m = v;
+  }
+  let sum = 0;
+  for (let i = 0; i < n; i++) sum += Math.exp(logits[offset + i]! * scale - m);
+  return m + Math.log(sum);
+}
+
 /** Per-request sampler: parameters + PRNG state + scratch. */
 export class Sampler {
   private readonly prng: Prng | null;
@@ -92,6 +127,14 @@ export class Sampler {
   private readonly keys: Float64Array;
   private readonly row: Float32Array;
   private readonly bits: Uint32Array;
+  /** rank[token] = position in `order` (valid after a sort). */
+  private readonly rank: Int32Array;
+  /** The distribution last prepared: which logits row, the kept prefix and its normaliser. */
+  private prepLogits: Float32Array | null = null;
+  private prepOffset = -1;
+  private prepKept = 0;
+  private prepSum = 0;
+  private prepZmax = 0;
 
   constructor(readonly params: SamplingParams, readonly vocab: number) {
     this.prng = params.temperature > 0 ? new Prng(BigInt(params.seed)) : null;
@@ -100,6 +143,7 @@ export class Sampler {
     this.keys = new Float64Array(vocab);
     this.row = new Float32Array(vocab);
     this.bits = new Uint32Array(this.row.buffer);
+    this.rank = new Int32Array(vocab);
   }
 
   /**
@@ -123,12 +167,14 @@ export class Sampler {
     for (let j = 0; j < V; j++) order[j] = keys[j]! % V;
   }
 
-  /** Samples from logits[offset .. offset+vocab). */
-  sample(logits: Float32Array, offset: number): SampleResult {
+  /**
+   * Sorts the row and computes the kept candidates (top_k, then top_p) and their unnormalised
+   * probabilities exp(z - zmax) in `probs`; temperature > 0 only.
+   */
+  private prepare(logits: Float32Array, offset: number): void {
+    if (this.prepLogits === logits && this.prepOffset === offset) return;
     const V = this.vocab;
     const { temperature, topK, topP } = this.params;
-    if (this.prng === null) return { token: argmax(logits, offset, V) };
-
     this.sortByLogit(logits, offset);
     const order = this.order;
     let kept = topK > 0 && topK < V ? topK : V;
@@ -154,6 +200,24 @@ export class Sampler {
       sum = 0;
       for (let i = 0; i < kept; i++) sum += probs[i]!;
     }
+    for (let j = 0; j < V; j++) this.rank[order[j]!] = j;
+    this.prepLogits = logits;
+    this.prepOffset = offset;
+    this.prepKept = kept;
+    this.prepSum = sum;
+    this.prepZmax = zmax;
+  }
+
+  /** Samples from logits[offset .. offset+vocab). */
+  sample(logits: Float32Array, offset: number): SampleResult {
+    const V = this.vocab;
+    this.prepLogits = null; // a reused output buffer may hold new values at the same offset
+    if (this.prng === null) return { token: argmax(logits, offset, V) };
+    this.prepare(logits, offset);
+    const order = this.order;
+    const probs = this.probs;
+    const kept = this.prepKept;
+    const sum = this.prepSum;
     const u = this.prng.nextFloat() * sum;
     let acc = 0;
     for (let j = 0; j < kept; j++) {
@@ -161,5 +225,44 @@ export class Sampler {
       if (u < acc) return { token: order[j]! };
     }
     return { token: order[kept - 1]! };
+  }
+
+  /**
+   * Log-probabilities of `token` at logits[offset ..) under the sampling distribution and the raw
+   * model, plus the `top` most likely alternatives (see the file comment). Call right after
+   * `sample` on the same row to reuse its sort.
+   */
+  logprobs(logits: Float32Array, offset: number, token: number, top: number): TokenLogprob {
+    const V = this.vocab;
+    const lse = logSumExp(logits, offset, V);
+    const raw = (t: number) => logits[offset + t]! - lse;
+    let samp: (t: number) => number;
+    if (this.params.temperature === 0) {
+      const best = argmax(logits, offset, V);
+      samp = (t) => (t === best ? 0 : -Infinity);
+    } else {
+      this.prepare(logits, offset);
+      const T = this.params.temperature;
+      const kept = this.prepKept;
+      const norm = this.prepZmax + Math.log(this.prepSum);
+      samp = (t) => (this.rank[t]! < kept ? logits[offset + t]! / T - norm : -Infinity);
+    }
+    const out: TokenLogprob = { token, logprob: samp(token), rawLogprob: raw(token) };
+    if (top <= 0) return out;
+    const m = Math.min(top, V);
+    let ids: number[];
+    if (this.params.temperature > 0) ids = Array.from(this.order.subarray(0, m));
+    else {
+      // selection of the m largest raw logits, ties to the lower id
+      ids = [];
+      const taken = new Uint8Array(V);
+      for (let k = 0; k < m; k++) {
+        let best = -1;
+        for (let i = 0; i < V; i++) if (!taken[i] && (best < 0 || logits[offset + i]! > logits[offset + best]!)) best = i;
+        taken[best] = 1;
+        ids.push(best);
+      }
+    }
+    return { ...out, top: ids.map((t) => ({ token: t, logprob: samp(t), rawLogprob: raw(t) })) };
   }
 }

@@ -26,13 +26,39 @@
 
 import type { DecodeInputs, DecodeOutputs, ModelRunner } from './model.js';
 import { BatchedKvCache } from './kv-cache.js';
-import { Sampler } from './sampler.js';
+import { Sampler, type TokenLogprob } from './sampler.js';
 import { IncrementalDecoder } from './tokenizer.js';
 import type { ChunkStats, EngineStats, FinishReason, ModelInfo, SchedulerOptions, TokenEvent, WorkerRequest } from './types.js';
 
 const NEG = -1e9;
 
 type Phase = 'prefill' | 'token' | 'boundary' | 'done';
+
+/**
+ * One request: n choices (samples or scored continuations) sharing one prompt. Choice 0 is the
+ * request's first Sequence; it prefills the prompt alone, and at the end of the prefill its row is
+ * copied into n - 1 new rows (the fork), so the prompt's compressed and local cache is computed once.
+ */
+class Group {
+  readonly seqs: Sequence[] = [];
+  /** Choices not finished yet. */
+  open: number;
+  forked: boolean;
+  /** Most KV bytes the request's rows held at once. */
+  peakKvBytes = 0;
+  readonly arrivedAt = performance.now();
+  firstScheduledAt = 0;
+  firstTokenAt = 0;
+
+  constructor(readonly req: WorkerRequest) {
+    this.open = req.n ?? 1;
+    this.forked = this.n === 1;
+  }
+
+  get n(): number {
+    return this.req.n ?? 1;
+  }
+}
 
 class Sequence {
   row = -1;
@@ -59,17 +85,30 @@ class Sequence {
   readonly sampler: Sampler;
   peakKvBytes = 0;
   cancelReason: FinishReason | null = null;
-  readonly arrivedAt = performance.now();
-  firstScheduledAt = 0;
-  firstTokenAt = 0;
+  /** Unique key in the scheduler: the request id for choice 0, `${id}#${index}` for the others. */
+  readonly key: string;
+  /** Scoring: the continuation this choice is forced through (null = sampling). */
+  readonly forced: Uint8Array | null;
+  /** Most tokens this choice produces (max_tokens, or the continuation's length when scoring). */
+  readonly maxTokens: number;
+  /** Log-probabilities: -1 = off, else the number of alternatives. */
+  readonly logprobTop: number;
 
   constructor(
     readonly req: WorkerRequest,
     readonly info: ModelInfo,
+    readonly group: Group,
+    readonly index = 0,
   ) {
     const C = req.chunkSize;
     const P = req.promptIds.length;
-    this.sampler = new Sampler(req.sampling, info.vocabSize);
+    this.key = index === 0 ? req.id : `${req.id}#${index}`;
+    this.forced = req.forced ? req.forced[index]! : null;
+    this.maxTokens = this.forced ? this.forced.length : req.maxTokens;
+    this.logprobTop = req.logprobs ?? -1;
+    // choice i samples with seed + i (the seed stays a decimal string: exact 64-bit arithmetic)
+    const sampling = index === 0 ? req.sampling : { ...req.sampling, seed: BigInt.asUintN(64, BigInt(req.sampling.seed) + BigInt(index)).toString() };
+    this.sampler = new Sampler(sampling, info.vocabSize);
     if (C > 0) {
       const n = Math.floor(P / C);
       const r = P - n * C;
@@ -88,6 +127,31 @@ class Sequence {
 
   get id(): string {
     return this.req.id;
+  }
+
+  /** A new choice that continues from this one's state (its cache row is copied by the caller). */
+  fork(index: number): Sequence {
+    const c = new Sequence(this.req, this.info, this.group, index);
+    c.nc = this.nc;
+    c.nl = this.nl;
+    c.phase = this.phase;
+    c.prefillPos = this.prefillPos;
+    c.chunkTokens.set(this.chunkTokens);
+    c.chunkFill = this.chunkFill;
+    c.chunkCount = this.chunkCount;
+    c.peakKvBytes = this.peakKvBytes;
+    return c;
+  }
+
+  /**
+   * Scoring in the token phase: how many continuation tokens one tick feeds (the pending one and
+   * the following ones of the current chunk, never a chunk's last token, which is compressed at the
+   * boundary instead, nor the continuation's last token, which predicts nothing).
+   */
+  scoreSegment(limit: number): number {
+    const rest = this.maxTokens - this.out.length; // tokens still to score = rows to feed
+    const inChunk = this.C > 0 ? this.C - this.chunkFill : Infinity;
+    return Math.max(1, Math.min(limit, rest, inChunk));
   }
   get C(): number {
     return this.req.chunkSize;
@@ -156,8 +220,10 @@ interface RowPlan {
   T: number;
   /** Compressed entries among the new ones (they come first). */
   nComp: number;
-  /** Whether the last new position predicts a token to sample. */
+  /** Whether the last new position predicts a token to sample (scoring segments: every position). */
   samples: boolean;
+  /** A multi-position segment (prompt prefill or scoring): counts against prefillBudget and may run in its own call. */
+  bulk: boolean;
 }
 
 interface CompressJob {
@@ -168,6 +234,14 @@ interface CompressJob {
   chunkIndex: number;
   /** C token ids. */
   ids: Uint8Array;
+}
+
+interface Finished {
+  seq: Sequence;
+  reason: FinishReason;
+  tokens: number[];
+  stopLen: number;
+  logprobs?: TokenLogprob[];
 }
 
 export interface TickResult {
@@ -182,9 +256,14 @@ export interface TickResult {
 }
 
 export class Scheduler {
+  /** Choice 0 of each waiting request (it takes n rows when admitted). */
   private readonly waiting: Sequence[] = [];
   private readonly running: Sequence[] = []; // running[b].row === b
-  private readonly byId = new Map<string, Sequence>();
+  private readonly byId = new Map<string, Group>();
+  /** Rows promised to running requests that have not forked yet. */
+  private reservedRows = 0;
+  /** Work counters: decoder positions fed for prompt prefills, forks (row copies) made. */
+  readonly counters = { prefillPositions: 0, forks: 0 };
   readonly kv: BatchedKvCache;
   private readonly info: ModelInfo;
 
@@ -211,15 +290,21 @@ export class Scheduler {
 
   submit(req: WorkerRequest): void {
     if (this.byId.has(req.id)) throw new Error(`duplicate request id ${req.id}`);
-    const s = new Sequence(req, this.info);
-    this.byId.set(req.id, s);
+    const n = req.n ?? 1;
+    if (!Number.isInteger(n) || n < 1 || n > this.opts.maxRunning) throw new Error(`request ${req.id}: n = ${n} outside 1..maxRunning ${this.opts.maxRunning}`);
+    if (req.forced && req.forced.length !== n) throw new Error(`request ${req.id}: ${req.forced.length} continuations for n = ${n}`);
+    const g = new Group(req);
+    const s = new Sequence(req, this.info, g, 0);
+    g.seqs.push(s);
+    this.byId.set(req.id, g);
     this.waiting.push(s);
   }
 
-  /** Marks a request to leave at the next tick (its cache is freed then). */
+  /** Marks a request (all its choices) to leave at the next tick (its cache is freed then). */
   cancel(id: string, reason: FinishReason = 'cancelled'): void {
-    const s = this.byId.get(id);
-    if (s && s.cancelReason === null) s.cancelReason = reason;
+    const g = this.byId.get(id);
+    if (!g) return;
+    for (const s of g.seqs) if (s.cancelReason === null && s.phase !== 'done') s.cancelReason = reason;
   }
 
   hasWork(): boolean {
@@ -242,38 +327,79 @@ export class Scheduler {
       e.kvBytes += b;
       kvBytes += b;
     }
-    for (const s of this.waiting) get(s.C).waiting++;
+    for (const s of this.waiting) get(s.C).waiting += s.group.n;
     const byChunkSize: ChunkStats[] = [...by.entries()].sort((a, b) => a[0] - b[0]).map(([chunkSize, e]) => ({ chunkSize, ...e }));
     return {
       running: this.running.length,
-      waiting: this.waiting.length,
+      waiting: this.waiting.reduce((n, s) => n + s.group.n, 0),
       kvBytes,
       kvAllocatedBytes: this.kv.allocatedBytes,
       byChunkSize,
     };
   }
 
-  private finish(s: Sequence, reason: FinishReason, events: TokenEvent[], tokenIds: number[], stopLen = 0, error?: string): void {
+  private finish(s: Sequence, reason: FinishReason, events: TokenEvent[], tokenIds: number[], stopLen = 0, error?: string, logprobs?: TokenLogprob[]): void {
     const now = performance.now();
+    const g = s.group;
     const text = s.takeText(true, stopLen);
-    const first = s.firstScheduledAt || now;
-    const firstTok = s.firstTokenAt || now;
-    events.push({
+    const first = g.firstScheduledAt || now;
+    const firstTok = g.firstTokenAt || now;
+    const timings = {
+      queueMs: first - g.arrivedAt,
+      prefillMs: g.firstTokenAt ? firstTok - first : 0,
+      decodeMs: g.firstTokenAt ? now - firstTok : 0,
+    };
+    const P = s.req.promptIds.length;
+    const mine: TokenEvent[] = [];
+    mine.push({
       id: s.id,
+      index: s.index,
       tokenIds,
       text,
       finishReason: reason,
-      usage: { promptTokens: s.req.promptIds.length, completionTokens: s.out.length, peakKvCacheBytes: s.peakKvBytes },
-      timings: {
-        queueMs: first - s.arrivedAt,
-        prefillMs: s.firstTokenAt ? firstTok - first : 0,
-        decodeMs: s.firstTokenAt ? now - firstTok : 0,
-      },
+      usage: { promptTokens: P, completionTokens: s.out.length, peakKvCacheBytes: s.peakKvBytes },
+      timings,
       ...(error ? { error } : {}),
+      ...(logprobs ? { logprobs } : {}),
     });
     s.phase = 'done';
-    this.byId.delete(s.id);
+    g.open--;
+    if (!g.forked) {
+      // the request ends before its prefill forked: its other choices end with it, empty
+      for (let i = 1; i < g.n; i++) {
+        mine.push({ id: s.id, index: i, tokenIds: [], text: '', finishReason: reason, usage: { promptTokens: P, completionTokens: 0, peakKvCacheBytes: 0 }, timings, ...(error ? { error } : {}) });
+      }
+      g.open = 0;
+      g.forked = true;
+      if (s.row >= 0) this.reservedRows -= g.n - 1;
+    }
+    if (g.open === 0) {
+      const completion = g.seqs.reduce((n, q) => n + q.out.length, 0);
+      const last = mine.length - 1;
+      mine[last] = { ...mine[last]!, request: { usage: { promptTokens: P, completionTokens: completion, peakKvCacheBytes: g.peakKvBytes }, timings } };
+      this.byId.delete(s.id);
+    }
+    events.push(...mine);
     if (s.row >= 0) this.removeRow(s);
+  }
+
+  /** Copies choice 0's row into n - 1 new rows (after its prefill) and returns the new choices. */
+  private fork(s: Sequence): Sequence[] {
+    const g = s.group;
+    const out: Sequence[] = [];
+    for (let i = 1; i < g.n; i++) {
+      const c = s.fork(i);
+      c.row = this.kv.addRow();
+      this.kv.copyRow(s.row, c.row, s.used);
+      this.running.push(c);
+      g.seqs.push(c);
+      out.push(c);
+    }
+    g.forked = true;
+    this.reservedRows -= g.n - 1;
+    this.counters.forks++;
+    g.peakKvBytes = Math.max(g.peakKvBytes, g.n * s.used * this.info.kvBytesPerSlot);
+    return out;
   }
 
   private removeRow(s: Sequence): void {
@@ -308,10 +434,12 @@ export class Scheduler {
       }
     }
     // 2. admission
-    while (this.waiting.length > 0 && this.running.length < this.opts.maxRunning) {
+    // FIFO: a request of n choices needs n free rows (its prefill uses one, the fork the others)
+    while (this.waiting.length > 0 && this.running.length + this.reservedRows + this.waiting[0]!.group.n <= this.opts.maxRunning) {
       const s = this.waiting.shift()!;
       s.row = this.kv.addRow();
       this.running.push(s);
+      this.reservedRows += s.group.n - 1;
       admitted.push(s.id);
     }
     if (this.running.length === 0) return { admitted, events, batch: 0, T: 0, P: 0 };
@@ -333,23 +461,29 @@ export class Scheduler {
     let budget = this.opts.prefillBudget;
     for (const s of this.running) {
       let plan: RowPlan;
-      if (s.phase === 'prefill') {
-        const len = Math.min(this.opts.prefillChunk, s.prefillLen - s.prefillPos);
+      const scoreLen = s.forced && s.phase === 'token' ? s.scoreSegment(this.opts.prefillChunk) : 1;
+      if (s.phase === 'prefill' || scoreLen > 1) {
+        const len = s.phase === 'prefill' ? Math.min(this.opts.prefillChunk, s.prefillLen - s.prefillPos) : scoreLen;
         // A segment's size never depends on load (results must not either): it runs whole or waits.
         // The first prefilling row always runs, so a segment larger than the budget cannot starve.
         if (len <= budget || budget === this.opts.prefillBudget) {
           budget -= len;
-          const nComp = s.C > 0 ? Math.max(0, Math.min(s.prefillPos + len, s.promptChunks + 1) - s.prefillPos) : 0;
-          plan = { seq: s, T: len, nComp, samples: s.prefillPos + len === s.prefillLen };
+          if (s.phase === 'prefill') {
+            const nComp = s.C > 0 ? Math.max(0, Math.min(s.prefillPos + len, s.promptChunks + 1) - s.prefillPos) : 0;
+            plan = { seq: s, T: len, nComp, samples: s.prefillPos + len === s.prefillLen, bulk: true };
+          } else {
+            plan = { seq: s, T: len, nComp: 0, samples: true, bulk: true };
+          }
         } else {
-          plan = { seq: s, T: 0, nComp: 0, samples: false };
+          plan = { seq: s, T: 0, nComp: 0, samples: false, bulk: true };
         }
       } else if (s.phase === 'boundary') {
-        plan = { seq: s, T: 2, nComp: 1, samples: true };
+        plan = { seq: s, T: 2, nComp: 1, samples: true, bulk: false };
       } else {
-        plan = { seq: s, T: 1, nComp: 0, samples: true };
+        plan = { seq: s, T: 1, nComp: 0, samples: true, bulk: false };
       }
-      if (plan.T > 0 && s.firstScheduledAt === 0) s.firstScheduledAt = performance.now();
+      if (plan.T > 0 && s.group.firstScheduledAt === 0) s.group.firstScheduledAt = performance.now();
+      if (s.phase === 'prefill') this.counters.prefillPositions += plan.T;
       plans.push(plan);
     }
 
@@ -399,14 +533,14 @@ export class Scheduler {
     const B = this.running.length;
     const P = this.kv.capacity;
     const all = plans.map((_, b) => b);
-    const prefillRows = all.filter((b) => plans[b]!.seq.phase === 'prefill' && plans[b]!.T > 0);
+    const prefillRows = all.filter((b) => plans[b]!.bulk && plans[b]!.T > 0);
     const split = (this.opts.prefillMode ?? 'separate') === 'separate' && prefillRows.length > 0 && prefillRows.length < plans.filter((p) => p.T > 0).length;
     const res: Array<{ out: DecodeOutputs; i: number; T: number } | undefined> = new Array(B);
     let T = 1;
     if (split) {
-      const a = await this.decodeRows(all, plans.map((p) => (p.seq.phase === 'prefill' ? 0 : p.T)), plans, fOf, P);
+      const a = await this.decodeRows(all, plans.map((p) => (p.bulk ? 0 : p.T)), plans, fOf, P);
       const c = await this.decodeRows(prefillRows, prefillRows.map((b) => plans[b]!.T), plans, fOf, P);
-      for (const b of all) if (plans[b]!.seq.phase !== 'prefill') res[b] = { out: a.out, i: b, T: a.T };
+      for (const b of all) if (!plans[b]!.bulk) res[b] = { out: a.out, i: b, T: a.T };
       prefillRows.forEach((b, i) => (res[b] = { out: c.out, i, T: c.T }));
       T = Math.max(a.T, c.T);
     } else {
@@ -439,44 +573,67 @@ export class Scheduler {
       }
     }
 
-    // 7. sample, stop, emit
+    for (const g of new Set(this.running.map((q) => q.group))) {
+      let used = 0;
+      for (const q of g.seqs) if (q.row >= 0) used += q.used;
+      g.peakKvBytes = Math.max(g.peakKvBytes, used * this.info.kvBytesPerSlot);
+    }
+
+    // 7. sample (or take the forced token), stop, emit; a request of n choices forks after its prefill
     const V = this.info.vocabSize;
-    const finished: Array<[Sequence, FinishReason, number, number]> = [];
+    const finished: Finished[] = [];
     for (let b = 0; b < B; b++) {
       const p = plans[b]!;
       if (!p.samples) continue;
       const s = p.seq;
       const r = res[b]!;
-      const off = (r.i * r.T + p.T - 1) * V;
-      const x = s.sampler.sample(r.out.logits, off).token;
-      this.logitsTap?.(s.id, r.out.logits, off, x);
-      if (s.firstTokenAt === 0) s.firstTokenAt = performance.now();
-      s.out.push(x);
-      const total = s.req.promptIds.length + s.out.length;
-      const stopLen = s.matchedStop();
-      let reason: FinishReason | null = null;
-      if (stopLen > 0) reason = 'stop';
-      else if (s.out.length >= s.req.maxTokens) reason = 'length';
-      else if (total >= this.info.maxContext) reason = 'context_limit';
-      if (reason) {
-        finished.push([s, reason, x, stopLen]);
-        continue;
-      }
-      if (s.C > 0) {
-        s.chunkTokens[s.chunkFill++] = x;
-        s.phase = s.chunkFill === s.C ? 'boundary' : 'token';
-      } else {
-        s.phase = 'token';
-      }
-      s.pending = x;
-      events.push({ id: s.id, tokenIds: [x], text: s.takeText(false) });
+      // scoring segments predict at every fed position; everything else at the last one
+      const k = s.forced && s.phase === 'token' ? p.T : 1;
+      const off0 = (r.i * r.T + p.T - k) * V;
+      const seqs = s.group.forked ? [s] : [s, ...this.fork(s)];
+      for (const q of seqs) this.advance(q, r.out.logits, off0, k, events, finished);
     }
-    for (const [s, reason, x, stopLen] of finished) this.finish(s, reason, events, [x], stopLen);
+    for (const f of finished) this.finish(f.seq, f.reason, events, f.tokens, f.stopLen, undefined, f.logprobs);
     // capacity may shrink once long rows left
     let maxUsed = 0;
     for (const s of this.running) maxUsed = Math.max(maxUsed, s.used);
     this.kv.fit(maxUsed + 2, maxUsed);
     return { admitted, events, batch: B, T, P, calls: split ? 2 : 1 };
+  }
+
+  /** Takes k tokens for q from k consecutive logits rows starting at off0 (sampled, or forced when scoring). */
+  private advance(q: Sequence, logits: Float32Array, off0: number, k: number, events: TokenEvent[], finished: Finished[]): void {
+    const V = this.info.vocabSize;
+    const tokens: number[] = [];
+    const lps: TokenLogprob[] | undefined = q.logprobTop >= 0 ? [] : undefined;
+    const g = q.group;
+    for (let j = 0; j < k; j++) {
+      const off = off0 + j * V;
+      const x = q.forced ? q.forced[q.out.length]! : q.sampler.sample(logits, off).token;
+      if (lps) lps.push(q.sampler.logprobs(logits, off, x, q.logprobTop));
+      this.logitsTap?.(q.key, logits, off, x);
+      if (g.firstTokenAt === 0) g.firstTokenAt = performance.now();
+      q.out.push(x);
+      tokens.push(x);
+      const total = q.req.promptIds.length + q.out.length;
+      const stopLen = q.matchedStop();
+      let reason: FinishReason | null = null;
+      if (stopLen > 0) reason = 'stop';
+      else if (q.out.length >= q.maxTokens) reason = 'length';
+      else if (total >= this.info.maxContext) reason = 'context_limit';
+      if (reason) {
+        finished.push({ seq: q, reason, tokens, stopLen, logprobs: lps });
+        return;
+      }
+      if (q.C > 0) {
+        q.chunkTokens[q.chunkFill++] = x;
+        q.phase = q.chunkFill === q.C ? 'boundary' : 'token';
+      } else {
+        q.phase = 'token';
+      }
+      q.pending = x;
+    }
+    events.push({ id: q.id, index: q.index, tokenIds: tokens, text: q.takeText(false), ...(lps ? { logprobs: lps } : {}) });
   }
 
   /**
@@ -541,8 +698,12 @@ export class Scheduler {
           setSpecial(1, this.runner.sep!);
           positionIds[base + 1] = 1n;
         } else {
-          inputIds[base] = BigInt(s.pending);
-          positionIds[base] = BigInt(s.C > 0 ? s.nl + 1 : s.nl);
+          // a token; scoring feeds the following continuation tokens of the chunk in the same row
+          const pos0 = s.C > 0 ? s.nl + 1 : s.nl;
+          for (let t = 0; t < Tb; t++) {
+            inputIds[base + t] = BigInt(t === 0 ? s.pending : s.forced![s.out.length - 1 + t]!);
+            positionIds[base + t] = BigInt(pos0 + t);
+          }
         }
       }
       // attention bias rows

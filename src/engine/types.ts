@@ -4,6 +4,9 @@
  */
 
 import type { OnnxConfig, SessionRecord } from './session.js';
+import type { TokenLogprob } from './sampler.js';
+
+export type { TokenLogprob, TopLogprob } from './sampler.js';
 
 export type ModelKind = 'adaptive_cat' | 'dense';
 
@@ -54,6 +57,21 @@ export interface WorkerRequest {
   readonly stops: readonly Uint8Array[];
   /** Absolute wall-clock deadline (Date.now() ms), or 0 for none. */
   readonly deadlineMs: number;
+  /**
+   * Samples (choices) drawn from this prompt (default 1). The prompt is prefilled once; at the end
+   * of the prefill its cache row is copied into n - 1 more rows (fork). Choice i samples with seed
+   * `seed + i`.
+   */
+  readonly n?: number;
+  /** Log-probabilities per generated token: -1 / undefined = off; m >= 0 = on with m alternatives. */
+  readonly logprobs?: number;
+  /**
+   * Scoring (teacher forcing): one continuation per choice (length n). Instead of sampling, choice i
+   * takes forced[i][t] as its t-th token and reports its log-probabilities; it ends ('length') after
+   * the last one. Tokens of the current chunk are fed several per tick (prefill-style segments);
+   * chunk boundaries run exactly as in generation.
+   */
+  readonly forced?: readonly Uint8Array[];
 }
 
 export interface Usage {
@@ -76,6 +94,8 @@ export interface WorkerTimings {
 /** One request's output from one tick. */
 export interface TokenEvent {
   readonly id: string;
+  /** Choice index (0..n-1) the tokens belong to. */
+  readonly index: number;
   /** Token ids sampled in this tick (usually one; may be empty on the final event). */
   readonly tokenIds: number[];
   /** New text that is safe to show (stop-sequence prefixes are held back until resolved). */
@@ -85,9 +105,18 @@ export interface TokenEvent {
   readonly timings?: WorkerTimings;
   /** Set with finishReason 'error'. */
   readonly error?: string;
+  /** Per token of tokenIds, when the request asked for log-probabilities. */
+  readonly logprobs?: TokenLogprob[];
+  /**
+   * Set on the event that ends the last choice of a request: the request's totals (prompt tokens
+   * once, completion tokens summed over choices, peak KV bytes of all its rows held at once) and
+   * timings (first scheduled tick to the first token of any choice, to the end of the last).
+   */
+  readonly request?: { usage: Usage; timings: WorkerTimings };
 }
 
 export interface ChunkStats {
+  // running / waiting count samples (rows): a request with n samples counts n.
   /** Chunk size (0 = dense). */
   readonly chunkSize: number;
   readonly running: number;

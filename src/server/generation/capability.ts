@@ -12,12 +12,14 @@ import type { GenerateParams, GenerationResult } from '../../engine/engine.js';
 import { generationMetrics, observeStats, RequestObserver, type GenerationMetrics } from './metrics.js';
 import { routeGrpc } from '../experiments/routing.js'; // [experiments] A/B routing
 import type { VariantDef } from '../experiments/config.js';
+import { ChoiceStreams, choiceMsgs, scoreParams, scoreResponse, type RolloutRequestFields, type ScoreRequestMsg } from './rollouts.js'; // [rollouts]
+import type { TokenLogprob, FinishReason } from '../../engine/types.js';
 
 export const GENERATION_PROTO = 'catskim/v1/generation.proto';
 export const GENERATION_SERVICE = 'catskim.v1.Generation';
 
 /** GenerateRequest as @grpc/proto-loader gives it (camelCase, longs as numbers, defaults filled). */
-export interface GenerateRequestMsg {
+export interface GenerateRequestMsg extends RolloutRequestFields {
   model: string;
   prompt: string;
   maxTokens: number;
@@ -65,7 +67,16 @@ function toParams(req: GenerateRequestMsg, cx: GrpcCallContext): GenerateParams 
     seed: seedSent ? req.seed : undefined,
     stop: req.stop ?? [],
     deadlineMs: Number.isFinite(cx.deadline) ? cx.deadline : 0,
+    n: req.n ?? 0, // [rollouts]
+    logprobs: req.logprobs ?? false,
+    topLogprobs: req.topLogprobs ?? 0,
   };
+}
+
+/** [rollouts] Per-choice stream callbacks. */
+interface RunListener {
+  onTokens?(text: string, ids: number[], index: number, lps?: TokenLogprob[]): void;
+  onChoiceEnd?(index: number, reason: FinishReason): void;
 }
 
 export const generationCapability: CapabilityFactory<Config> = (ctx: CapabilityContext<Config>) => {
@@ -82,7 +93,7 @@ export const generationCapability: CapabilityFactory<Config> = (ctx: CapabilityC
   };
 
   /** Submits with metrics and cancellation wired to the call. */
-  const run = (req: GenerateRequestMsg, cx: GrpcCallContext, onTokens?: (text: string, ids: number[]) => void) => {
+  const run = (req: GenerateRequestMsg, cx: GrpcCallContext, listen?: RunListener) => {
     const p = getPool();
     const m = metrics!;
     const engine = p.engine(req.model ?? '');
@@ -91,10 +102,11 @@ export const generationCapability: CapabilityFactory<Config> = (ctx: CapabilityC
     let obs: RequestObserver | null = null;
     try {
       handle = engine.submit(params, {
-        onTokens: (text, ids) => {
-          obs?.onTokens(ids.length);
-          onTokens?.(text, ids);
+        onTokens: (text, ids, index, lps) => {
+          obs?.onTokens(ids.length, index);
+          listen?.onTokens?.(text, ids, index, lps);
         },
+        onChoiceEnd: (index, reason) => listen?.onChoiceEnd?.(index, reason),
       });
     } catch (e) {
       if (isCatskimError(e) && e.code === 'RESOURCE_EXHAUSTED') m.rejected.inc({ model: engine.name, reason: String(e.details?.reason ?? 'queue') });
@@ -132,7 +144,7 @@ export const generationCapability: CapabilityFactory<Config> = (ctx: CapabilityC
             if (r.finishReason === 'error') throw new CatskimError('INTERNAL', `model "${r.model}" failed during generation`);
             return r;
           });
-          return { text: r.text, finishReason: r.finishReason, model: r.model, chunkSize: r.chunkSize, usage: usageMsg(r), seed: Number(r.seed), variant };
+          return { text: r.text, finishReason: r.finishReason, model: r.model, chunkSize: r.chunkSize, usage: usageMsg(r), seed: Number(r.seed), variant, choices: choiceMsgs(r, req) };
         }),
         GenerateStream: h.serverStream<GenerateRequestMsg, unknown>(async (req0, call, cx) => {
           // [experiments] routed like Generate; a shadow copy runs as a plain (dropped) Generate
@@ -145,44 +157,40 @@ export const generationCapability: CapabilityFactory<Config> = (ctx: CapabilityC
           }
           const req = withVariant(req0, v);
           const variant = v?.name ?? '';
-          let buf = '';
-          let bufTokens = 0;
-          let sent = 0;
-          let timer: NodeJS.Timeout | null = null;
-          let head: { model: string; chunkSize: number; variant: string } | null = null;
-          const flush = () => {
-            if (timer) clearTimeout(timer);
-            timer = null;
-            if (bufTokens === 0 && buf === '') return;
-            if (cx.signal.aborted) return;
-            call.write({ text: buf, completionTokens: bufTokens, ...(sent === 0 && head ? head : {}) });
-            sent++;
-            buf = '';
-            bufTokens = 0;
-          };
-          const { engine, handle, result } = run(req, cx, (text, ids) => {
-            buf += text;
-            bufTokens += ids.length;
-            if (sent === 0) flush(); // the first token goes out at once
-            else if (bufTokens >= cfg.streamCoalesceTokens) flush();
-            else if (!timer) timer = setTimeout(flush, cfg.streamCoalesceMs);
+          // [rollouts] per-choice coalescing; with n = 1 the single-sample stream (created once n is validated)
+          let streams: ChoiceStreams | null = null;
+          const { engine, handle, result } = run(req, cx, {
+            onTokens: (text, ids, index, lps) => streams?.onTokens(text, ids, index, lps),
+            onChoiceEnd: (index, reason) => streams?.onChoiceEnd(index, reason),
           });
-          head = { model: engine.name, chunkSize: handle.chunkSize, variant };
+          streams = new ChoiceStreams(Math.max(1, req.n ?? 1), (msg) => call.write(msg), () => cx.signal.aborted, {
+            coalesceTokens: cfg.streamCoalesceTokens,
+            coalesceMs: cfg.streamCoalesceMs,
+            returnTokenIds: req.returnTokenIds ?? false,
+            logprobs: (req.logprobs ?? false) || (req.topLogprobs ?? 0) > 0,
+          }, { model: engine.name, chunkSize: handle.chunkSize, variant });
           const r = await result;
-          if (timer) clearTimeout(timer);
+          streams.close();
           if (cx.signal.aborted) throw cx.signal.reason;
           if (r.finishReason === 'error') throw new CatskimError('INTERNAL', `model "${r.model}" failed during generation`);
-          call.write({
-            text: buf,
-            completionTokens: bufTokens,
-            finishReason: r.finishReason,
-            usage: usageMsg(r),
-            model: r.model,
-            chunkSize: r.chunkSize,
-            seed: Number(r.seed),
-            variant,
+          streams.finish(r, { usage: usageMsg(r), model: r.model, chunkSize: r.chunkSize, seed: Number(r.seed), variant });
           });
-          });
+        }),
+        // [rollouts] Score: teacher-forced log-probabilities through the batched engine (no A/B routing)
+        Score: h.unary<ScoreRequestMsg, unknown>(async (req, cx) => {
+          const engine = getPool().engine(req.model ?? '');
+          try {
+            const r = await engine.score(scoreParams(req, Number.isFinite(cx.deadline) ? cx.deadline : 0), { signal: cx.signal });
+            if (cx.signal.aborted) throw cx.signal.reason;
+            if (r.finishReason !== 'length') {
+              if (r.finishReason === 'deadline') throw new CatskimError('DEADLINE_EXCEEDED', 'the call deadline passed while scoring');
+              throw new CatskimError(r.finishReason === 'cancelled' ? 'CANCELLED' : 'INTERNAL', `model "${r.model}" ${r.finishReason === 'cancelled' ? 'cancelled' : 'failed'} while scoring${r.error ? `: ${r.error}` : ''}`);
+            }
+            return scoreResponse(r, req.temperature ?? 0);
+          } catch (e) {
+            if (isCatskimError(e) && e.code === 'RESOURCE_EXHAUSTED') metrics?.rejected.inc({ model: engine.name, reason: String(e.details?.reason ?? 'queue') });
+            throw e;
+          }
         }),
         ListModels: h.unary(async () => {
           const p = getPool();
@@ -220,6 +228,8 @@ export const generationCapability: CapabilityFactory<Config> = (ctx: CapabilityC
           maxTemperature: cfg.maxTemperature,
           maxStops: cfg.maxStops,
           maxStopBytes: cfg.maxStopBytes,
+          maxN: cfg.maxN, // [rollouts]
+          maxTopLogprobs: cfg.maxTopLogprobs,
         },
         logger: log,
       });

@@ -36,6 +36,10 @@ export interface GenerationConfig {
   readonly maxTemperature: number;
   readonly maxStops: number;
   readonly maxStopBytes: number;
+  /** [rollouts] Most samples per Generate request (n) and continuations per Score request (also capped by maxRunning). */
+  readonly maxN: number;
+  /** [rollouts] Most alternatives per token (top_logprobs), at most 20. */
+  readonly maxTopLogprobs: number;
   /** Streaming: most tokens per message after the first, and the longest a token waits (ms). */
   readonly streamCoalesceTokens: number;
   readonly streamCoalesceMs: number;
@@ -59,6 +63,8 @@ const KEYS = [
   'maxTemperature',
   'maxStops',
   'maxStopBytes',
+  'maxN',
+  'maxTopLogprobs',
   'streamCoalesceTokens',
   'streamCoalesceMs',
   'warmup',
@@ -114,6 +120,8 @@ export const generationConfigSection: ConfigSection<GenerationConfig> = {
     ['maxTemperature', '5', 'largest accepted temperature'],
     ['maxStops', '8', 'most stop sequences per request'],
     ['maxStopBytes', '64', 'longest stop sequence (UTF-8 bytes)'],
+    ['maxN', '16', 'rollouts: most samples per Generate (n) and continuations per Score (also capped by maxRunning)'],
+    ['maxTopLogprobs', '20', 'rollouts: most alternatives per token (top_logprobs), 0..20'],
     ['streamCoalesceTokens', '8', 'streaming: most tokens per message after the first'],
     ['streamCoalesceMs', '20', 'streaming: longest a token waits to be sent (ms)'],
     ['warmup', 'true', 'warm up every model and chunk size with a real generation at start'],
@@ -143,6 +151,8 @@ export const generationConfigSection: ConfigSection<GenerationConfig> = {
       maxTemperature: r.number('maxTemperature', 5, { min: 0, exclusiveMin: true, max: 100 }),
       maxStops: r.int('maxStops', 8, { min: 0, max: 64 }),
       maxStopBytes: r.int('maxStopBytes', 64, { min: 1, max: 1024 }),
+      maxN: r.int('maxN', 16, { min: 1, max: 1024 }),
+      maxTopLogprobs: r.int('maxTopLogprobs', 20, { min: 0, max: 20 }),
       streamCoalesceTokens: r.int('streamCoalesceTokens', 8, { min: 1, max: 4096 }),
       streamCoalesceMs: r.int('streamCoalesceMs', 20, { min: 0, max: 10_000 }),
       warmup: r.bool('warmup', true),

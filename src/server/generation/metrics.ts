@@ -60,9 +60,16 @@ export function observeStats(m: GenerationMetrics, model: string, s: EngineStats
   m.kvAllocated.set({ model }, s.kvAllocatedBytes);
 }
 
-/** Per-request observer: inter-token latency while streaming, the rest at the end. */
+/**
+ * Per-request observer: inter-token latency while streaming, the rest at the end. With n samples
+ * ([rollouts]) tokens are counted per sample, inter-token gaps are measured within each sample's
+ * own stream, time to first token is the request's first token of any sample, and
+ * request_success counts every sample with its own finish reason (a request of n samples adds n);
+ * prompt tokens count once (the prompt is prefilled once).
+ */
 export class RequestObserver {
-  private last = 0;
+  private readonly lastByChoice: number[] = [];
+  private first = true;
   private readonly labels: Record<L, string>;
 
   constructor(
@@ -74,17 +81,21 @@ export class RequestObserver {
     this.labels = { model, chunk_size: String(chunkSize) };
   }
 
-  onTokens(n: number): void {
+  onTokens(n: number, choice = 0): void {
     if (n <= 0) return;
     const now = performance.now();
-    if (this.last === 0) {
+    if (this.first) {
+      this.first = false;
       this.m.ttft.observe(this.labels, (now - this.submittedAt) / 1000);
+    }
+    const last = this.lastByChoice[choice] ?? 0;
+    if (last === 0) {
       if (n > 1) for (let i = 1; i < n; i++) this.m.itl.observe(this.labels, 0);
     } else {
-      const gap = (now - this.last) / 1000 / n;
+      const gap = (now - last) / 1000 / n;
       for (let i = 0; i < n; i++) this.m.itl.observe(this.labels, gap);
     }
-    this.last = now;
+    this.lastByChoice[choice] = now;
     this.m.generationTokens.inc(this.labels, n);
   }
 
@@ -97,6 +108,8 @@ export class RequestObserver {
       this.m.decode.observe(l, r.timings.decodeMs / 1000);
     }
     this.m.promptTokens.inc(l, r.usage.promptTokens);
-    this.m.success.inc({ ...l, finished_reason: r.finishReason });
+    const choices = r.choices ?? [];
+    if (choices.length === 0) this.m.success.inc({ ...l, finished_reason: r.finishReason });
+    for (const c of choices) this.m.success.inc({ ...l, finished_reason: c.finishReason });
   }
 }
