@@ -82,7 +82,9 @@ describe('Generation over gRPC', () => {
 
   before(async () => {
     s = await startServer({
-      config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] }, generation: { maxTokensLimit: 2048, streamCoalesceTokens: 4, streamCoalesceMs: 5 } },
+      // [ood gate] engine tests, not gate tests: flag instead of the default reject, since a truncated
+      // fixture prompt ("...created the heav") sits at the generation detector's threshold (test/gate/ covers rejects)
+      config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] }, generation: { maxTokensLimit: 2048, streamCoalesceTokens: 4, streamCoalesceMs: 5 }, detector: { routes: { generate: { action: 'flag' } } } },
       capabilities: [generationCapability],
     });
     await s.ready;

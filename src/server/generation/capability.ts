@@ -14,6 +14,7 @@ import { routeGrpc } from '../experiments/routing.js'; // [experiments] A/B rout
 import type { VariantDef } from '../experiments/config.js';
 import { ChoiceStreams, choiceMsgs, scoreParams, scoreResponse, type RolloutRequestFields, type ScoreRequestMsg } from './rollouts.js'; // [rollouts]
 import type { TokenLogprob, FinishReason } from '../../engine/types.js';
+import { Gate, gateGenerateRequest } from '../gate/index.js'; // [ood gate] issue 6
 
 export const GENERATION_PROTO = 'catskim/v1/generation.proto';
 export const GENERATION_SERVICE = 'catskim.v1.Generation';
@@ -85,6 +86,12 @@ export const generationCapability: CapabilityFactory<Config> = (ctx: CapabilityC
   let pool: EnginePool | null = null;
   let metrics: GenerationMetrics | null = null;
   let draining = false;
+  // [ood gate] The OOD gate (src/server/gate): validate first (INVALID_ARGUMENT, UNAVAILABLE... win over
+  // an OOD verdict), then gate the prompt under the variant's policy (reject -> FAILED_PRECONDITION,
+  // fallback -> another model). Shadow copies are not gated.
+  const gate = Gate.for(ctx);
+  const gated = (req: GenerateRequestMsg, cx: GrpcCallContext, v: VariantDef | undefined) =>
+    gateGenerateRequest(gate, req, (r) => getPool().engine(r.model ?? '').validate(toParams(r, cx)), v?.name);
 
   const getPool = (): EnginePool => {
     if (draining) throw new UnavailableError('generation is draining and accepts no new requests');
@@ -135,16 +142,19 @@ export const generationCapability: CapabilityFactory<Config> = (ctx: CapabilityC
       const h = grpcHandlers(ctx);
       server.addService(serviceDefinition(loadProto(GENERATION_PROTO), GENERATION_SERVICE), {
         Generate: h.unary<GenerateRequestMsg, unknown>(async (req, cx) => {
+          let ood: Record<string, unknown> | null = null; // [ood gate]
           // [experiments] the A/B router picks the variant (model + default chunk size) and names it
           const { result: r, variant } = await routeGrpc(ctx.registry, 'generate', req.userId, cx, { explicitModel: req.model }, async (v, role) => {
             const c = role === 'shadow' ? shadowCx(cx) : cx;
-            const { result } = run(withVariant(req, v), c);
+            let runReq = withVariant(req, v);
+            if (role !== 'shadow') ({ req: runReq, ood } = await gated(runReq, c, v)); // [ood gate]
+            const { result } = run(runReq, c);
             const r = await result;
             if (c.signal.aborted) throw c.signal.reason;
             if (r.finishReason === 'error') throw new CatskimError('INTERNAL', `model "${r.model}" failed during generation`);
             return r;
           });
-          return { text: r.text, finishReason: r.finishReason, model: r.model, chunkSize: r.chunkSize, usage: usageMsg(r), seed: Number(r.seed), variant, choices: choiceMsgs(r, req) };
+          return { text: r.text, finishReason: r.finishReason, model: r.model, chunkSize: r.chunkSize, usage: usageMsg(r), seed: Number(r.seed), variant, choices: choiceMsgs(r, req), ood };
         }),
         GenerateStream: h.serverStream<GenerateRequestMsg, unknown>(async (req0, call, cx) => {
           // [experiments] routed like Generate; a shadow copy runs as a plain (dropped) Generate
@@ -155,7 +165,7 @@ export const generationCapability: CapabilityFactory<Config> = (ctx: CapabilityC
             if (r.finishReason === 'error') throw new CatskimError('INTERNAL', `model "${r.model}" failed during generation`);
             return;
           }
-          const req = withVariant(req0, v);
+          const { req, ood } = await gated(withVariant(req0, v), cx, v); // [ood gate] rejects before any message
           const variant = v?.name ?? '';
           // [rollouts] per-choice coalescing; with n = 1 the single-sample stream (created once n is validated)
           let streams: ChoiceStreams | null = null;
@@ -168,12 +178,12 @@ export const generationCapability: CapabilityFactory<Config> = (ctx: CapabilityC
             coalesceMs: cfg.streamCoalesceMs,
             returnTokenIds: req.returnTokenIds ?? false,
             logprobs: (req.logprobs ?? false) || (req.topLogprobs ?? 0) > 0,
-          }, { model: engine.name, chunkSize: handle.chunkSize, variant });
+          }, { model: engine.name, chunkSize: handle.chunkSize, variant, ood });
           const r = await result;
           streams.close();
           if (cx.signal.aborted) throw cx.signal.reason;
           if (r.finishReason === 'error') throw new CatskimError('INTERNAL', `model "${r.model}" failed during generation`);
-          streams.finish(r, { usage: usageMsg(r), model: r.model, chunkSize: r.chunkSize, seed: Number(r.seed), variant });
+          streams.finish(r, { usage: usageMsg(r), model: r.model, chunkSize: r.chunkSize, seed: Number(r.seed), variant, ood });
           });
         }),
         // [rollouts] Score: teacher-forced log-probabilities through the batched engine (no A/B routing)
