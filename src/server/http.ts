@@ -10,10 +10,10 @@
  *    work when the client goes away;
  *  - routes with `config: { probe: true }` skip admission control and log at debug.
  */
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import swagger from '@fastify/swagger';
-import { CancelledError, UnavailableError, isCatskimError, type CatskimError, type ErrorCode } from '../errors.js';
+import { CancelledError, CatskimError, UnauthenticatedError, UnavailableError, isCatskimError, type ErrorCode } from '../errors.js';
 import type { Capability } from './capability.js';
 import { getTransportMetrics } from './metrics.js';
 import type { ServerRuntime } from './runtime.js';
@@ -148,6 +148,24 @@ export function sendError(request: FastifyRequest, reply: FastifyReply, err: unk
 const signals = new WeakMap<FastifyRequest, AbortController>();
 
 /** Aborted (with CancelledError) when the client disconnects before the response is complete. */
+/**
+ * Checks an admin route's `Authorization: Bearer <token>` against the configured token, in
+ * constant time. An empty configured token means that admin API is off (PERMISSION_DENIED, 403);
+ * `configKey` names the setting in the messages (e.g. "search.adminToken").
+ */
+export function requireBearerToken(request: FastifyRequest, token: string, configKey: string, what: string): void {
+  if (token === '') {
+    const env = `CATSKIM_${configKey.replace(/([a-z])([A-Z])/g, '$1_$2').replace(/\./g, '_').toUpperCase()}`;
+    throw new CatskimError('PERMISSION_DENIED', `the ${what} admin API is off (set ${configKey} / ${env} to turn it on)`);
+  }
+  const h = request.headers.authorization;
+  const m = typeof h === 'string' ? /^Bearer\s+(.+)$/i.exec(h.trim()) : null;
+  if (!m) throw new UnauthenticatedError(`missing bearer token (Authorization: Bearer <${configKey}>)`);
+  const a = createHash('sha256').update(m[1]).digest();
+  const b = createHash('sha256').update(token).digest();
+  if (!timingSafeEqual(a, b)) throw new UnauthenticatedError('invalid bearer token');
+}
+
 export function abortSignalFor(request: FastifyRequest, reply: FastifyReply): AbortSignal {
   let ac = signals.get(request);
   if (!ac) {

@@ -14,13 +14,12 @@
  * a 404 would hide a misconfiguration). Missing/wrong token: 401. Changes persist in
  * <experiments.dir>/state.json and survive restarts (while the config entry they changed stays the same).
  */
-import { createHash, timingSafeEqual } from 'node:crypto';
 import { isAbsolute, join, resolve } from 'node:path';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { CatskimError, InvalidArgumentError, NotFoundError, UnauthenticatedError } from '../../errors.js';
+import { CatskimError, InvalidArgumentError, NotFoundError } from '../../errors.js';
 import type { Capability, CapabilityContext, CapabilityFactory } from '../capability.js';
 import { PACKAGE_ROOT, type Config } from '../config.js';
-import { ERROR_SCHEMA_ID, errorResponses } from '../http.js';
+import { ERROR_SCHEMA_ID, errorResponses, requireBearerToken } from '../http.js';
 import type { ExperimentDef, ExperimentsConfig } from './config.js';
 import { ExperimentRouter } from './router.js';
 import { FeedbackStore } from './store.js';
@@ -87,15 +86,7 @@ export class ExperimentsCapability implements Capability {
   }
 
   private checkAdmin(request: FastifyRequest): void {
-    if (this.cfg.adminToken === '') {
-      throw new CatskimError('PERMISSION_DENIED', 'the experiments admin API is off (set experiments.adminToken / CATSKIM_EXPERIMENTS_ADMIN_TOKEN to turn it on)');
-    }
-    const h = request.headers.authorization;
-    const m = typeof h === 'string' ? /^Bearer\s+(.+)$/i.exec(h.trim()) : null;
-    if (!m) throw new UnauthenticatedError('missing bearer token (Authorization: Bearer <experiments.adminToken>)');
-    const a = createHash('sha256').update(m[1]).digest();
-    const b = createHash('sha256').update(this.cfg.adminToken).digest();
-    if (!timingSafeEqual(a, b)) throw new UnauthenticatedError('invalid bearer token');
+    requireBearerToken(request, this.cfg.adminToken, 'experiments.adminToken', 'experiments');
   }
 
   private view(d: ExperimentDef): Record<string, unknown> {

@@ -18,10 +18,9 @@
  * missing/stale, rebuild once if corrupt), load it in every worker, replay the overlay, and a
  * real warm-up search in every worker.
  */
-import { timingSafeEqual, createHash } from 'node:crypto';
 import { join, isAbsolute, resolve } from 'node:path';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { CatskimError, InvalidArgumentError, NotFoundError, UnauthenticatedError, UnavailableError } from '../../errors.js';
+import { CatskimError, InvalidArgumentError, NotFoundError, UnavailableError } from '../../errors.js';
 import { readEncoderManifest, type EncoderManifest } from '../../engine/encoder.js';
 import { LabelStore, lexCode, posCode } from '../../index/label-store.js';
 import { VectorIndex, labelsSha256, type IndexManifest } from '../../index/vector-index.js';
@@ -29,7 +28,7 @@ import { LABEL_ID, LEXNAMES, POS_VALUES, loadWordnetLabels, type LabelRecord, ty
 import { normalizeText } from '../../engine/text-tokenizer.js';
 import type { Capability, CapabilityContext, CapabilityFactory } from '../capability.js';
 import { PACKAGE_ROOT, type Config } from '../config.js';
-import { ERROR_SCHEMA_ID, errorResponses } from '../http.js';
+import { ERROR_SCHEMA_ID, errorResponses, requireBearerToken } from '../http.js';
 import { counter, gauge, histogram } from '../metrics.js';
 import type { SearchConfig } from './config.js';
 import { ModelWorkers } from './pool.js';
@@ -344,15 +343,7 @@ export class SearchCapability implements Capability {
   // ------------------------------------------------------------------ admin
 
   private checkAdmin(request: FastifyRequest): void {
-    if (this.cfg.adminToken === '') {
-      throw new CatskimError('PERMISSION_DENIED', 'the label admin API is off (set search.adminToken / CATSKIM_SEARCH_ADMIN_TOKEN to turn it on)');
-    }
-    const h = request.headers.authorization;
-    const m = typeof h === 'string' ? /^Bearer\s+(.+)$/i.exec(h.trim()) : null;
-    if (!m) throw new UnauthenticatedError('missing bearer token (Authorization: Bearer <search.adminToken>)');
-    const a = createHash('sha256').update(m[1]).digest();
-    const b = createHash('sha256').update(this.cfg.adminToken).digest();
-    if (!timingSafeEqual(a, b)) throw new UnauthenticatedError('invalid bearer token');
+    requireBearerToken(request, this.cfg.adminToken, 'search.adminToken', 'label');
   }
 
   private ready(): void {
