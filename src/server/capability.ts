@@ -29,6 +29,8 @@ export interface Capability {
   registerGrpc?(server: grpc.Server): void;
   /** Load models and warm up with a real inference. Throw to report why the server is not ready. */
   start(): Promise<void>;
+  /** While start() runs: what it is doing now (e.g. index build progress), shown as the /readyz reason. */
+  startupStatus?(): string | undefined;
   /** Stop admitting new work and resolve once in-flight work has finished. */
   drain(): Promise<void>;
   /** Free sessions, workers and files. */

@@ -13,12 +13,14 @@ export interface CapabilityState {
 
 export class Readiness extends EventEmitter {
   private readonly caps = new Map<string, CapabilityState>();
+  private readonly progress = new Map<string, () => string | undefined>();
   private _draining = false;
   private _listening = false;
 
   /** Called once per capability before listening. */
-  register(name: string): void {
+  register(name: string, startupStatus?: () => string | undefined): void {
     this.caps.set(name, { ready: false, reason: `${name}: starting (loading models and warming up)` });
+    if (startupStatus) this.progress.set(name, startupStatus);
     this.changed();
   }
 
@@ -29,11 +31,13 @@ export class Readiness extends EventEmitter {
 
   setReady(name: string): void {
     this.caps.set(name, { ready: true });
+    this.progress.delete(name);
     this.changed();
   }
 
   setFailed(name: string, reason: string): void {
     this.caps.set(name, { ready: false, failed: true, reason: `${name}: start failed: ${reason}` });
+    this.progress.delete(name);
     this.changed();
   }
 
@@ -61,18 +65,24 @@ export class Readiness extends EventEmitter {
     if (!this._listening) return 'starting: listeners are not bound yet';
     if (name !== undefined) {
       const s = this.caps.get(name);
-      return s === undefined ? `unknown capability ${name}` : s.ready ? undefined : s.reason;
+      return s === undefined ? `unknown capability ${name}` : s.ready ? undefined : this.why(name, s);
     }
-    const reasons = [...this.caps.values()].filter((s) => !s.ready).map((s) => s.reason ?? 'not ready');
+    const reasons = [...this.caps].filter(([, s]) => !s.ready).map(([n, s]) => this.why(n, s));
     return reasons.length ? reasons.join('; ') : undefined;
   }
 
   capabilities(): Record<string, CapabilityState> {
-    return Object.fromEntries([...this.caps].map(([k, v]) => [k, { ...v, ready: v.ready && !this._draining }]));
+    return Object.fromEntries([...this.caps].map(([k, v]) => [k, { ...v, ready: v.ready && !this._draining, reason: v.ready ? v.reason : this.why(k, v) }]));
   }
 
   names(): string[] {
     return [...this.caps.keys()];
+  }
+
+  /** A starting capability's own account of its progress, else the stored reason. */
+  private why(name: string, s: CapabilityState): string {
+    const live = this.progress.get(name)?.();
+    return live ? `${name}: ${live}` : s.reason ?? 'not ready';
   }
 
   private changed(): void {

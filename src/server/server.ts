@@ -130,7 +130,7 @@ export async function startServer(opts: StartServerOptions = {}): Promise<Runnin
       const cap = isCapability(c) ? c : await c(ctx);
       if (capabilities.some((x) => x.name === cap.name)) throw new Error(`two capabilities are named "${cap.name}"`);
       capabilities.push(cap);
-      readiness.register(cap.name);
+      readiness.register(cap.name, cap.startupStatus?.bind(cap));
     }
     http = await buildHttpServer(rt, capabilities);
     grpc = await buildGrpcServer(rt, capabilities);

@@ -145,6 +145,14 @@ export class SearchCapability implements Capability {
 
   // ------------------------------------------------------------------ lifecycle
 
+  startupStatus(): string | undefined {
+    const busy = [...this.models.values()].filter((e) => e.state !== 'ready');
+    if (busy.length === 0) return undefined;
+    return busy
+      .map((e) => `model ${e.name} ${e.state}${e.progress ? ` (${e.progress.phase} ${e.progress.done}/${e.progress.total})` : ''}`)
+      .join(', ');
+  }
+
   async start(): Promise<void> {
     for (const e of this.models.values()) e.manifest = readEncoderManifest(e.dir);
     const t0 = performance.now();

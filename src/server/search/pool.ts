@@ -19,6 +19,8 @@ class WorkerHandle {
   readonly worker: Worker;
   inFlight = 0;
   dead: string | undefined;
+  /** Set by close() before terminate(), so the exit it causes is not reported as a crash. */
+  closing = false;
   private seq = 0;
   private readonly pending = new Map<number, Pending>();
 
@@ -48,7 +50,8 @@ class WorkerHandle {
         p.reject(new UnavailableError(`search worker stopped: ${why}`));
       }
       this.pending.clear();
-      onExit(why);
+      // terminate() in close() ends the worker with code 1: a stop we asked for, not a crash.
+      if (!this.closing) onExit(why);
     };
     this.worker.on('error', (e) => fail(e.message));
     this.worker.on('exit', (code) => fail(`exited with code ${code}`));
@@ -129,6 +132,7 @@ export class ModelWorkers {
     await Promise.all(
       this.handles.map(async (h) => {
         if (!h.dead) await h.call('close', {}, 5000).catch(() => undefined);
+        h.closing = true;
         await h.worker.terminate();
       }),
     );
