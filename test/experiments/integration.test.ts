@@ -57,6 +57,11 @@ test('search: the default search experiment picks the encoder, names the variant
   await ExperimentRouter.get(s.registry)!.settled();
   const m = await s.registry.getSingleMetric('catskim_experiment_requests_total')!.get();
   assert.ok(m.values.some((v) => v.labels.role === 'shadow' && v.labels.variant === 'skim' && v.labels.outcome === 'ok' && v.value > 0));
+  // the search metrics carry the serving variant; the one request that named its model has variant ""
+  const text = await (await fetch(`${s.httpUrl}/metrics`)).text();
+  assert.match(text, /^catskim_search_requests_total\{model="baseline",variant="baseline",outcome="ok"\} [1-9]/m);
+  assert.match(text, /^catskim_search_latency_seconds_count\{model="skim",variant="skim",stage="total"\} [1-9]/m);
+  assert.match(text, /^catskim_search_requests_total\{model="skim",variant="",outcome="ok"\} 1$/m);
   const fb = await http(s, 'POST', '/v1/feedback', { request_id: b.json.request_id, result_id: b.json.results[0].id });
   assert.equal(fb.status, 202);
   assert.equal(fb.json.variant, 'baseline');
@@ -91,6 +96,12 @@ test('generation over gRPC: variant -> model + default chunk size, named in the 
     seen.add(r.variant);
   }
   assert.deepEqual([...seen].sort(), ['cat16', 'cat8']);
+  // the generation metrics carry the serving variant
+  const text = await (await fetch(`${s.httpUrl}/metrics`)).text();
+  for (const [v, cs] of [['cat8', 8], ['cat16', 16]]) {
+    assert.match(text, new RegExp(`^catskim_request_success_total\\{model="cat-kjv",chunk_size="${cs}",variant="${v}",finished_reason="[a-z]+"\\} [1-9]`, 'm'));
+    assert.match(text, new RegExp(`^catskim_time_to_first_token_seconds_count\\{model="cat-kjv",chunk_size="${cs}",variant="${v}"\\} [1-9]`, 'm'));
+  }
   // a request's own chunk size wins over the variant's default
   assert.equal((await gen({ ...req, chunkSize: 4 }, { 'x-catskim-variant': 'cat16' })).chunkSize, 4);
   const forced = await gen(req, { 'x-catskim-variant': 'cat8', 'x-user-id': 'g1' });
@@ -114,4 +125,46 @@ test('generation over gRPC: variant -> model + default chunk size, named in the 
   assert.equal(chunks[0].variant, want);
   assert.equal(chunks.at(-1)!.variant, want);
   c.close();
+});
+
+test('search gate: a per-variant setting (detector.routes.search.variants.<name>) applies to the variant, not its model', async () => {
+  const ids = new Set<string>((JSON.parse(readFileSync(join(ROOT, 'models/skim/export/skim/fixture.json'), 'utf8')) as { label_ids: string[] }).label_ids);
+  const labels = loadWordnetLabels().filter((l) => ids.has(l.id));
+  const dir = tempDir();
+  const s = await startServer({
+    config: {
+      httpPort: 0,
+      grpcPort: 0,
+      logLevel: 'silent',
+      onnx: { providers: ['cpu'] },
+      // variant "strict" is served by the skim encoder, like variant "skim"; only its gate policy differs
+      experiments: { dir, flushMs: 5, variants: { strict: { search: { model: 'skim' } } } },
+      detector: { routes: { search: { action: 'flag', variants: { strict: { action: 'reject' } } } } },
+    } as never,
+    capabilities: [experimentsCapability, (ctx) => new SearchCapability(ctx, { cacheDir: join(dir, 'search'), M: 4, efConstruction: 16, workersPerModel: 1 }, { baseLabels: labels })],
+  });
+  open.push(s);
+  await s.ready;
+  const RANDOM = 'qzxv wkpf jjrt 8#@! xkq zzv plmq';
+  const strict = await http(s, 'POST', '/v1/search', { query: RANDOM }, { 'x-catskim-variant': 'strict' });
+  assert.equal(strict.status, 422, JSON.stringify(strict.json));
+  assert.equal(strict.json.error.code, 'FAILED_PRECONDITION');
+  assert.equal(strict.json.error.details.variant, 'strict');
+  assert.equal(strict.json.error.details.ood.action, 'reject');
+  assert.equal(strict.headers.get('x-catskim-variant'), 'strict');
+  // same model, other variant: the route's flag policy (served, flagged)
+  const flagged = await http(s, 'POST', '/v1/search', { query: RANDOM }, { 'x-catskim-variant': 'skim' });
+  assert.equal(flagged.status, 200);
+  assert.equal(flagged.json.model, 'skim');
+  assert.equal(flagged.json.ood.action, 'flag');
+  assert.equal(flagged.json.ood.gated, true);
+  // an in-distribution query under the strict variant passes (policy reject, not gated)
+  const ok = await http(s, 'POST', '/v1/search', { query: 'dog', k: 3 }, { 'x-catskim-variant': 'strict' });
+  assert.equal(ok.status, 200);
+  assert.equal(ok.json.variant, 'strict');
+  assert.equal(ok.json.model, 'skim');
+  assert.equal(ok.json.ood.action, 'reject');
+  const text = await (await fetch(`${s.httpUrl}/metrics`)).text();
+  assert.match(text, /^catskim_gate_decisions_total\{route="search",variant="strict",outcome="rejected"\} 1$/m);
+  assert.match(text, /^catskim_search_requests_total\{model="skim",variant="strict",outcome="ok"\} 1$/m);
 });

@@ -175,11 +175,11 @@ test('concurrent searches with different ef each get their own ef', async () => 
   }
 });
 
-test('metrics carry model labels; OpenAPI describes /v1/search', async () => {
+test('metrics carry model labels (variant "" outside experiments); OpenAPI describes /v1/search', async () => {
   const m = await (await fetch(`${s.httpUrl}/metrics`)).text();
-  assert.match(m, /catskim_search_requests_total\{model="skim",outcome="ok"\} \d+/);
-  assert.match(m, /catskim_search_requests_total\{model="baseline",outcome="ok"\} \d+/);
-  assert.match(m, /catskim_search_latency_seconds_bucket\{le="[^"]+",model="skim",stage="encode"\}/);
+  assert.match(m, /catskim_search_requests_total\{model="skim",variant="",outcome="ok"\} \d+/);
+  assert.match(m, /catskim_search_requests_total\{model="baseline",variant="",outcome="ok"\} \d+/);
+  assert.match(m, /catskim_search_latency_seconds_bucket\{le="[^"]+",model="skim",variant="",stage="encode"\}/);
   assert.match(m, /catskim_search_index_labels\{model="skim"\} \d+/);
   const o = (await (await fetch(`${s.httpUrl}/openapi.json`)).json()) as any;
   assert.ok(o.paths['/v1/search'].post);

@@ -7,7 +7,7 @@
  *     respond with { ..., ood: g.ood }                  // catskim.v1.OodInfo (proto-loader camelCase), null when off
  *
  *   POST /v1/search (HTTP):
- *     const g = await gateSearchQuery(gate, query, modelName);  // throws 422 on reject
+ *     const g = await gateSearchQuery(gate, query, modelName, variant);  // throws 422 on reject
  *     const model = g.fallbackTo ?? modelName;                    // serve the fallback model when chosen
  *     respond with { ..., ood: g.ood }                           // JSON (OOD_JSON_SCHEMA), undefined when off
  */
@@ -52,8 +52,11 @@ export interface GatedSearch {
   ood?: OodInfo;
 }
 
-/** Gate a search query; the variant is the model that would serve it. */
-export async function gateSearchQuery(gate: Gate, query: string, model: string): Promise<GatedSearch> {
-  const d = await gate.check('search', query, { variant: model });
+/**
+ * Gate a search query; the variant is `variant` when given (A/B experiments), else the model that
+ * would serve it (as for generation).
+ */
+export async function gateSearchQuery(gate: Gate, query: string, model: string, variant?: string): Promise<GatedSearch> {
+  const d = await gate.check('search', query, { variant: variant || model });
   return d ? { fallbackTo: d.fallbackTo, ood: d.ood } : {};
 }

@@ -99,8 +99,8 @@ export const generationCapability: CapabilityFactory<Config> = (ctx: CapabilityC
     return pool;
   };
 
-  /** Submits with metrics and cancellation wired to the call. */
-  const run = (req: GenerateRequestMsg, cx: GrpcCallContext, listen?: RunListener) => {
+  /** Submits with metrics and cancellation wired to the call; `variant` labels the metrics ('' = none). */
+  const run = (req: GenerateRequestMsg, cx: GrpcCallContext, listen?: RunListener, variant = '') => {
     const p = getPool();
     const m = metrics!;
     const engine = p.engine(req.model ?? '');
@@ -119,7 +119,7 @@ export const generationCapability: CapabilityFactory<Config> = (ctx: CapabilityC
       if (isCatskimError(e) && e.code === 'RESOURCE_EXHAUSTED') m.rejected.inc({ model: engine.name, reason: String(e.details?.reason ?? 'queue') });
       throw e;
     }
-    obs = new RequestObserver(m, engine.name, handle.chunkSize);
+    obs = new RequestObserver(m, engine.name, handle.chunkSize, variant);
     // A client whose deadline passed may reset the stream before our own deadline timer fires:
     // that is still a deadline, not a cancellation.
     const onAbort = () =>
@@ -148,7 +148,7 @@ export const generationCapability: CapabilityFactory<Config> = (ctx: CapabilityC
             const c = role === 'shadow' ? shadowCx(cx) : cx;
             let runReq = withVariant(req, v);
             if (role !== 'shadow') ({ req: runReq, ood } = await gated(runReq, c, v)); // [ood gate]
-            const { result } = run(runReq, c);
+            const { result } = run(runReq, c, undefined, v?.name);
             const r = await result;
             if (c.signal.aborted) throw c.signal.reason;
             if (r.finishReason === 'error') throw new CatskimError('INTERNAL', `model "${r.model}" failed during generation`);
@@ -161,7 +161,7 @@ export const generationCapability: CapabilityFactory<Config> = (ctx: CapabilityC
           await routeGrpc(ctx.registry, 'generate', req0.userId, cx, { explicitModel: req0.model }, async (v, role) => {
           if (role === 'shadow') {
             const c = shadowCx(cx);
-            const r = await run(withVariant(req0, v), c).result;
+            const r = await run(withVariant(req0, v), c, undefined, v?.name).result;
             if (r.finishReason === 'error') throw new CatskimError('INTERNAL', `model "${r.model}" failed during generation`);
             return;
           }
@@ -172,7 +172,7 @@ export const generationCapability: CapabilityFactory<Config> = (ctx: CapabilityC
           const { engine, handle, result } = run(req, cx, {
             onTokens: (text, ids, index, lps) => streams?.onTokens(text, ids, index, lps),
             onChoiceEnd: (index, reason) => streams?.onChoiceEnd(index, reason),
-          });
+          }, variant);
           streams = new ChoiceStreams(Math.max(1, req.n ?? 1), (msg) => call.write(msg), () => cx.signal.aborted, {
             coalesceTokens: cfg.streamCoalesceTokens,
             coalesceMs: cfg.streamCoalesceMs,

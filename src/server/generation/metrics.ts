@@ -1,6 +1,7 @@
 /**
  * Generation metrics (vLLM names, prefixed catskim_), labelled by model and chunk_size
- * (chunk_size "0" = dense). Times are measured on the main thread (what a client sees, minus the
+ * (chunk_size "0" = dense); the per-request ones also by `variant` (the A/B variant that served the
+ * request, "" when it named its model or no experiment applies). Times are measured on the main thread (what a client sees, minus the
  * network) except queue/prefill/decode, which the worker measures.
  */
 import type { Registry, Counter, Gauge, Histogram } from 'prom-client';
@@ -9,28 +10,32 @@ import type { EngineStats } from '../../engine/types.js';
 import type { GenerationResult } from '../../engine/engine.js';
 
 type L = 'model' | 'chunk_size';
+/** Per-request labels: L plus the serving A/B variant ([experiments]). */
+type RL = L | 'variant';
 
 export interface GenerationMetrics {
-  ttft: Histogram<L>;
-  itl: Histogram<L>;
-  e2e: Histogram<L>;
-  queue: Histogram<L>;
-  prefill: Histogram<L>;
-  decode: Histogram<L>;
+  ttft: Histogram<RL>;
+  itl: Histogram<RL>;
+  e2e: Histogram<RL>;
+  queue: Histogram<RL>;
+  prefill: Histogram<RL>;
+  decode: Histogram<RL>;
+  // Engine-level gauges: per model/chunk size, shared by all variants, so no `variant` label.
   running: Gauge<L>;
   waiting: Gauge<L>;
   kvBytes: Gauge<L>;
   kvAllocated: Gauge<'model'>;
-  promptTokens: Counter<L>;
-  generationTokens: Counter<L>;
-  success: Counter<L | 'finished_reason'>;
+  promptTokens: Counter<RL>;
+  generationTokens: Counter<RL>;
+  success: Counter<RL | 'finished_reason'>;
   rejected: Counter<'model' | 'reason'>;
 }
 
 const LONG_BUCKETS = [...LATENCY_BUCKETS, 120, 300];
 
 export function generationMetrics(registry: Registry): GenerationMetrics {
-  const labels: L[] = ['model', 'chunk_size'];
+  const labels: RL[] = ['model', 'chunk_size', 'variant'];
+  const engine: L[] = ['model', 'chunk_size'];
   return {
     ttft: histogram(registry, 'catskim_time_to_first_token_seconds', 'Time from submission to the first generated token', labels),
     itl: histogram(registry, 'catskim_inter_token_latency_seconds', 'Time between successive generated tokens (a tick delivering n tokens counts n gaps of 1/n)', labels),
@@ -38,9 +43,9 @@ export function generationMetrics(registry: Registry): GenerationMetrics {
     queue: histogram(registry, 'catskim_request_queue_time_seconds', 'Time a request waited before its first scheduler tick', labels, LONG_BUCKETS),
     prefill: histogram(registry, 'catskim_request_prefill_time_seconds', 'First scheduled tick to the first sampled token (prefill, chunked across ticks)', labels),
     decode: histogram(registry, 'catskim_request_decode_time_seconds', 'First sampled token to the end of generation', labels, LONG_BUCKETS),
-    running: gauge(registry, 'catskim_num_requests_running', 'Requests in the running batch', labels),
-    waiting: gauge(registry, 'catskim_num_requests_waiting', 'Requests waiting for a batch slot', labels),
-    kvBytes: gauge(registry, 'catskim_kv_cache_bytes', 'KV-cache bytes held by running requests (slots in use, all layers, K and V)', labels),
+    running: gauge(registry, 'catskim_num_requests_running', 'Requests in the running batch', engine),
+    waiting: gauge(registry, 'catskim_num_requests_waiting', 'Requests waiting for a batch slot', engine),
+    kvBytes: gauge(registry, 'catskim_kv_cache_bytes', 'KV-cache bytes held by running requests (slots in use, all layers, K and V)', engine),
     kvAllocated: gauge(registry, 'catskim_kv_cache_allocated_bytes', 'KV-cache bytes allocated for the batched past buffers (capacity)', ['model']),
     promptTokens: counter(registry, 'catskim_prompt_tokens_total', 'Prompt tokens of finished requests', labels),
     generationTokens: counter(registry, 'catskim_generation_tokens_total', 'Generated tokens', labels),
@@ -70,15 +75,16 @@ export function observeStats(m: GenerationMetrics, model: string, s: EngineStats
 export class RequestObserver {
   private readonly lastByChoice: number[] = [];
   private first = true;
-  private readonly labels: Record<L, string>;
+  private readonly labels: Record<RL, string>;
 
   constructor(
     private readonly m: GenerationMetrics,
     model: string,
     chunkSize: number,
+    variant = '',
     private readonly submittedAt = performance.now(),
   ) {
-    this.labels = { model, chunk_size: String(chunkSize) };
+    this.labels = { model, chunk_size: String(chunkSize), variant };
   }
 
   onTokens(n: number, choice = 0): void {

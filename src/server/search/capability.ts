@@ -130,10 +130,12 @@ export class SearchCapability implements Capability {
     this.cacheDir = this.cfg.cacheDir ? abs(this.cfg.cacheDir) : join(PACKAGE_ROOT, 'var', 'search');
     const r = ctx.registry;
     this.m = {
-      requests: counter(r, 'catskim_search_requests_total', 'Search requests by model and outcome (ok or error code)', ['model', 'outcome']),
-      latency: histogram(r, 'catskim_search_latency_seconds', 'Search latency by model and stage (queue, encode, search, total)', ['model', 'stage']),
+      // [experiments] per-request metrics carry `variant` (the serving A/B variant, "" when none)
+      requests: counter(r, 'catskim_search_requests_total', 'Search requests by model, variant and outcome (ok or error code)', ['model', 'variant', 'outcome']),
+      latency: histogram(r, 'catskim_search_latency_seconds', 'Search latency by model, variant and stage (queue, encode, search, total)', ['model', 'variant', 'stage']),
+      results: histogram(r, 'catskim_search_results', 'Results returned per search', ['model', 'variant'], [0, 1, 5, 10, 50, 100, 500, 1000]),
+      // per-model gauges (worker queue / index state, shared by all variants): no `variant` label
       inFlight: gauge(r, 'catskim_search_in_flight', 'Search requests queued or running, by model', ['model']),
-      results: histogram(r, 'catskim_search_results', 'Results returned per search', ['model'], [0, 1, 5, 10, 50, 100, 500, 1000]),
       labels: gauge(r, 'catskim_search_index_labels', 'Labels in the index, by model', ['model']),
       build: gauge(r, 'catskim_search_index_build_progress', 'Index build progress (0..1), by model and phase', ['model', 'phase']),
       admin: counter(r, 'catskim_search_admin_operations_total', 'Label admin operations by operation and outcome', ['op', 'outcome']),
@@ -270,8 +272,8 @@ export class SearchCapability implements Capability {
     return e;
   }
 
-  /** Run one search (validated input). */
-  async search(req: SearchRequest, requestId: string): Promise<SearchResponse> {
+  /** Run one search (validated input); `variant` = the serving A/B variant ('' = none): gate policy and metric label. */
+  async search(req: SearchRequest, requestId: string, variant = ''): Promise<SearchResponse> {
     if (this.draining) throw new UnavailableError('search is draining');
     const t0 = performance.now();
     let e = this.model(req.model);
@@ -287,8 +289,8 @@ export class SearchCapability implements Capability {
     if (req.score_threshold !== undefined && !(req.score_threshold >= -1 && req.score_threshold <= 1)) {
       throw new InvalidArgumentError('body.score_threshold', 'must be a number in -1..1 (cosine similarity)');
     }
-    // [ood gate] gate the query under the serving model's policy (default flag; reject -> 422; fallback -> another model)
-    const gated = await gateSearchQuery(Gate.for(this.ctx), req.query, e.name);
+    // [ood gate] gate the query under the serving variant's (else model's) policy (default flag; reject -> 422; fallback -> another model)
+    const gated = await gateSearchQuery(Gate.for(this.ctx), req.query, e.name, variant);
     if (gated.fallbackTo) e = this.model(gated.fallbackTo);
     const filter = req.filter ? { pos: req.filter.pos?.map(posCode), lex: req.filter.lexfile?.map(lexCode) } : undefined;
     this.inFlight++;
@@ -305,12 +307,12 @@ export class SearchCapability implements Capability {
       }
       const total = performance.now() - t0;
       const queue = Math.max(0, total - r.encodeMs - r.searchMs);
-      this.m.latency.observe({ model: e.name, stage: 'encode' }, r.encodeMs / 1000);
-      this.m.latency.observe({ model: e.name, stage: 'search' }, r.searchMs / 1000);
-      this.m.latency.observe({ model: e.name, stage: 'queue' }, queue / 1000);
-      this.m.latency.observe({ model: e.name, stage: 'total' }, total / 1000);
-      this.m.results.observe({ model: e.name }, results.length);
-      this.m.requests.inc({ model: e.name, outcome: 'ok' });
+      this.m.latency.observe({ model: e.name, variant, stage: 'encode' }, r.encodeMs / 1000);
+      this.m.latency.observe({ model: e.name, variant, stage: 'search' }, r.searchMs / 1000);
+      this.m.latency.observe({ model: e.name, variant, stage: 'queue' }, queue / 1000);
+      this.m.latency.observe({ model: e.name, variant, stage: 'total' }, total / 1000);
+      this.m.results.observe({ model: e.name, variant }, results.length);
+      this.m.requests.inc({ model: e.name, variant, outcome: 'ok' });
       const ms = (x: number) => Math.round(x * 1000) / 1000;
       return {
         model: e.name,
@@ -321,7 +323,7 @@ export class SearchCapability implements Capability {
         ood: gated.ood, // [ood gate]
       };
     } catch (err) {
-      this.m.requests.inc({ model: e.name, outcome: err instanceof CatskimError ? err.code : 'INTERNAL' });
+      this.m.requests.inc({ model: e.name, variant, outcome: err instanceof CatskimError ? err.code : 'INTERNAL' });
       throw err;
     } finally {
       this.inFlight--;
@@ -468,7 +470,7 @@ export class SearchCapability implements Capability {
         request,
         reply,
         { explicitModel: b.model, bodyUserKey: b.user_id, query: b.query },
-        (variant, _role, requestId) => this.search({ ...b, filter, model: variant?.search?.model ?? b.model }, requestId),
+        (variant, _role, requestId) => this.search({ ...b, filter, model: variant?.search?.model ?? b.model }, requestId, variant?.name),
         (res) => ({ resultIds: res.results.map((r) => r.id) }),
       );
     });
