@@ -43,6 +43,10 @@ COPY --from=build --chown=root:root /app/node_modules ./node_modules
 COPY --from=build --chown=root:root /app/dist ./dist
 COPY --chown=root:root proto ./proto
 COPY --chown=root:root models ./models
+# The only writable path: HNSW indexes built at first start (var/search) and the experiments'
+# state and feedback database (var/experiments). Mount a volume here to keep them across restarts.
+RUN mkdir -p /app/var && chown catskim:catskim /app/var
+VOLUME ["/app/var"]
 USER catskim
 EXPOSE 8080 50051
 STOPSIGNAL SIGTERM
