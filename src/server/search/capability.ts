@@ -31,7 +31,7 @@ import { PACKAGE_ROOT, type Config } from '../config.js';
 import { ERROR_SCHEMA_ID, errorResponses, requireBearerToken } from '../http.js';
 import { counter, gauge, histogram } from '../metrics.js';
 import type { SearchConfig } from './config.js';
-import { ModelWorkers } from './pool.js';
+import { ModelWorkers, type WorkerGroup } from './pool.js';
 import type { SearchReply } from './worker.js';
 import { routeHttp } from '../experiments/routing.js'; // [experiments] A/B routing
 import { Gate, OOD_JSON_SCHEMA, gateSearchQuery, type OodInfo } from '../gate/index.js'; // [ood gate] issue 6
@@ -139,6 +139,7 @@ export class SearchCapability implements Capability {
       labels: gauge(r, 'catskim_search_index_labels', 'Labels in the index, by model', ['model']),
       build: gauge(r, 'catskim_search_index_build_progress', 'Index build progress (0..1), by model and phase', ['model', 'phase']),
       admin: counter(r, 'catskim_search_admin_operations_total', 'Label admin operations by operation and outcome', ['op', 'outcome']),
+      restarts: counter(r, 'catskim_search_worker_restarts_total', 'Search worker threads started to replace one that died unexpectedly, by model', ['model']),
     };
     for (const name of this.cfg.models) {
       this.models.set(name, { name, dir: join(this.modelRoot, name), manifest: undefined as unknown as EncoderManifest, state: 'pending' });
@@ -180,13 +181,6 @@ export class SearchCapability implements Capability {
         this.m.build.set({ model: e.name, phase: p.phase }, p.total ? p.done / p.total : 0);
         if (p.done === p.total) log.info({ phase: p.phase, total: p.total }, 'search: index build phase done');
       },
-      (why) => {
-        if (e.state === 'ready') {
-          e.state = 'failed';
-          e.reason = `worker stopped: ${why}`;
-          log.error({ why }, 'search: worker stopped');
-        }
-      },
     );
     e.workers = workers;
     try {
@@ -201,38 +195,71 @@ export class SearchCapability implements Capability {
         why = (err as Error).message;
       }
       if (why) await this.build(e, indexDir, why, log);
-      const pc = store.baseCodes();
-      const extra = Math.max(1024, store.slotCount - store.base.length + 1024);
       e.state = 'loading';
-      try {
-        await workers.all('load', { indexDir, expect: { labelsSha256: this.baseLabelsSha, count: store.base.length }, pos: pc.pos, lex: pc.lex, extraCapacity: extra });
-      } catch (err) {
+      const size = await this.loadIndex(e, workers, async (err) => {
         if (!this.cfg.buildOnStart) throw err;
-        log.warn({ err: (err as Error).message }, 'search: index refused on load; rebuilding');
-        await this.build(e, indexDir, (err as Error).message, log);
+        log.warn({ err: err.message }, 'search: index refused on load; rebuilding');
+        await this.build(e, indexDir, err.message, log);
         e.state = 'loading';
-        await workers.all('load', { indexDir, expect: { labelsSha256: this.baseLabelsSha, count: store.base.length }, pos: pc.pos, lex: pc.lex, extraCapacity: extra });
-      }
+      });
       e.index = VectorIndex.readManifest(indexDir);
-      // replay online changes
-      const ops = store.overlay();
-      const ups = ops.filter((o) => o.record).map((o) => ({ slot: o.slot, text: o.record!.text, pos: posCode(o.record!.pos), lex: lexCode(o.record!.lexfile) }));
-      const dels = ops.filter((o) => !o.record).map((o) => o.slot);
-      if (ups.length) await workers.all('upsert', { items: ups });
-      if (dels.length) await workers.all('delete', { slots: dels });
-      // real warm-up search in every worker
-      const warm = await workers.each<SearchReply>('search', { query: 'dog', k: 5, ef: this.cfg.efSearch, exact: false, exactFilterMax: 0 });
-      for (const w of warm) if (w.slots.length === 0) throw new Error('warm-up search returned no results');
-      const size = (await workers.first<{ size: number }>('info', {})).size;
       this.m.labels.set({ model: e.name }, size);
       e.state = 'ready';
       e.reason = undefined;
-      log.info({ labels: size, overlay: ops.length, index: e.index?.builtAt }, 'search: model ready');
+      log.info({ labels: size, overlay: store.overlay().length, index: e.index?.builtAt }, 'search: model ready');
+      this.m.restarts.inc({ model: e.name }, 0);
+      workers.enableRestarts({
+        crashed: (why, worker) => {
+          if (this.draining) return false;
+          log.error({ why, worker }, 'search: worker stopped unexpectedly; replacing it');
+          return true;
+        },
+        starting: () => this.m.restarts.inc({ model: e.name }),
+        // under the admin chain: no label change slips between the overlay replay and install()
+        respawn: (fresh, install) =>
+          this.serial(async () => {
+            await this.loadIndex(e, fresh);
+            install();
+          }),
+        failed: (err, worker, retryMs) => log.warn({ err: (err as Error).message, worker, retryMs }, 'search: replacement worker failed to load; retrying'),
+        restarted: (worker) => log.info({ worker }, 'search: replacement worker serves'),
+      });
     } catch (err) {
       e.state = 'failed';
       e.reason = (err as Error).message;
       throw err;
     }
+  }
+
+  /**
+   * Load the saved index into `target` (every worker at start, one replacement after a crash),
+   * replay the label overlay (admin changes) and run a real warm-up search in each worker.
+   * `onRefused`: what to do when a worker refuses the index (start: rebuild it), before one retry.
+   * Returns the index size.
+   */
+  private async loadIndex(e: ModelEntry, target: WorkerGroup, onRefused?: (err: Error) => Promise<void>): Promise<number> {
+    const store = this.store!;
+    const indexDir = join(this.cacheDir, e.name);
+    const pc = store.baseCodes();
+    const extra = Math.max(1024, store.slotCount - store.base.length + 1024);
+    const load = () => target.all('load', { indexDir, expect: { labelsSha256: this.baseLabelsSha, count: store.base.length }, pos: pc.pos, lex: pc.lex, extraCapacity: extra });
+    try {
+      await load();
+    } catch (err) {
+      if (!onRefused) throw err;
+      await onRefused(err as Error);
+      await load();
+    }
+    // replay online changes
+    const ops = store.overlay();
+    const ups = ops.filter((o) => o.record).map((o) => ({ slot: o.slot, text: o.record!.text, pos: posCode(o.record!.pos), lex: lexCode(o.record!.lexfile) }));
+    const dels = ops.filter((o) => !o.record).map((o) => o.slot);
+    if (ups.length) await target.all('upsert', { items: ups });
+    if (dels.length) await target.all('delete', { slots: dels });
+    // real warm-up search in every worker
+    const warm = await target.each<SearchReply>('search', { query: 'dog', k: 5, ef: this.cfg.efSearch, exact: false, exactFilterMax: 0 });
+    for (const w of warm) if (w.slots.length === 0) throw new Error('warm-up search returned no results');
+    return (await target.first<{ size: number }>('info', {})).size;
   }
 
   private async build(e: ModelEntry, indexDir: string, why: string, log: CapabilityContext['logger']): Promise<void> {
@@ -250,6 +277,7 @@ export class SearchCapability implements Capability {
 
   async drain(): Promise<void> {
     this.draining = true;
+    for (const e of this.models.values()) e.workers?.stopRestarts();
     if (this.inFlight === 0) return;
     await new Promise<void>((r) => (this.idle = r));
   }
@@ -257,6 +285,11 @@ export class SearchCapability implements Capability {
   async close(): Promise<void> {
     await Promise.all([...this.models.values()].map((e) => e.workers?.close()));
     this.store?.close();
+  }
+
+  /** The model's worker threads (tests: to kill one). */
+  workersOf(model: string): ModelWorkers | undefined {
+    return this.models.get(model)?.workers;
   }
 
   // ------------------------------------------------------------------ search
