@@ -8,6 +8,7 @@ import scipy.sparse as sp
 import torch
 
 from common.text_tokenizer import normalize
+from metrics import masked_topk
 
 
 class BM25:
@@ -47,11 +48,5 @@ class BM25:
         out = np.zeros((len(queries), k), dtype=np.int64)
         for s in range(0, len(queries), chunk):
             sc = torch.from_numpy(np.asarray((Q[s:s + chunk] @ self.W).todense()))
-            # tiny deterministic tie-break so zero-score ties do not depend on the sort
-            if exclude is not None:
-                for r in range(sc.shape[0]):
-                    ex = exclude[s + r]
-                    if ex:
-                        sc[r, list(ex)] = float("-inf")
-            out[s:s + chunk] = torch.topk(sc, k, dim=1).indices.numpy()
+            out[s:s + chunk] = masked_topk(sc, k, exclude, s)
         return out

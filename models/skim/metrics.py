@@ -15,14 +15,18 @@ def topk_dense(q: np.ndarray, labels: np.ndarray, k: int, exclude: Optional[Sequ
     L = torch.from_numpy(labels)
     out = np.zeros((len(q), k), dtype=np.int64)
     for s in range(0, len(q), chunk):
-        sc = torch.from_numpy(q[s:s + chunk]) @ L.t()
-        if exclude is not None:
-            for r in range(sc.shape[0]):
-                ex = exclude[s + r]
-                if ex:
-                    sc[r, list(ex)] = float("-inf")
-        out[s:s + chunk] = torch.topk(sc, k, dim=1).indices.numpy()
+        out[s:s + chunk] = masked_topk(torch.from_numpy(q[s:s + chunk]) @ L.t(), k, exclude, s)
     return out
+
+
+def masked_topk(sc: torch.Tensor, k: int, exclude: Optional[Sequence[Set[int]]], offset: int) -> np.ndarray:
+    """Top-k column indices of each score row; row r never returns the columns in exclude[offset + r]."""
+    if exclude is not None:
+        for r in range(sc.shape[0]):
+            ex = exclude[offset + r]
+            if ex:
+                sc[r, list(ex)] = float("-inf")
+    return torch.topk(sc, k, dim=1).indices.numpy()
 
 
 def rank_metrics(top: np.ndarray, relevant: Sequence[Set[int]]) -> Dict[str, float]:

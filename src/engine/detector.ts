@@ -15,7 +15,7 @@
  * thread (a worker round trip would cost more than the run; measured in test/engine/detector.test.ts
  * and reported in models/detector/EVAL.md).
  */
-import { createHash } from 'node:crypto';
+import { sha256File } from '../checksum.js';
 import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import * as ort from 'onnxruntime-node';
@@ -93,9 +93,6 @@ export function detectorText(text: string, maxWords: number): string {
   return splitWords(text).slice(0, maxWords).join(' ');
 }
 
-function sha256(path: string): string {
-  return createHash('sha256').update(readFileSync(path)).digest('hex');
-}
 
 export class Detector {
   readonly dir: string;
@@ -155,7 +152,7 @@ export class Detector {
     if (!(manifest.tau >= 0 && manifest.tau <= 1)) throw new Error(`detector ${root}: tau ${manifest.tau} is not in [0, 1]`);
     if (opts.verifySha256 ?? true) {
       for (const [file, info] of Object.entries(manifest.files ?? {})) {
-        const got = sha256(join(root, file));
+        const got = sha256File(join(root, file));
         if (got !== info.sha256) throw new Error(`detector ${root}: ${file} sha256 ${got} does not match the manifest (${info.sha256}); the file is corrupted or stale`);
       }
     }

@@ -8,7 +8,7 @@
  * `tokenizer.json` (+ vocab.txt). Sessions come from the one factory (src/engine/session.ts), so
  * this works on the main thread and inside worker threads alike.
  */
-import { createHash } from 'node:crypto';
+import { sha256Hex } from '../checksum.js';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
@@ -52,9 +52,6 @@ export function readEncoderManifest(dir: string): EncoderManifest {
   return m;
 }
 
-export function sha256Hex(bytes: Uint8Array): string {
-  return createHash('sha256').update(bytes).digest('hex');
-}
 
 export class Encoder {
   private constructor(

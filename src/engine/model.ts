@@ -6,7 +6,7 @@
  * per chunk size, order in the manifest). The manifest's sha256 of each file is checked at load.
  */
 
-import { createHash } from 'node:crypto';
+import { sha256File } from '../checksum.js';
 import { readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
@@ -41,9 +41,6 @@ export class ModelLoadError extends Error {
   }
 }
 
-function sha256File(path: string): string {
-  return createHash('sha256').update(readFileSync(path)).digest('hex');
-}
 
 export function readManifest(dir: string): Manifest {
   const p = join(dir, 'manifest.json');

@@ -14,6 +14,7 @@
  * each index lives in exactly one worker thread (src/server/search/worker.ts).
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { sha256File, sha256Hex } from '../checksum.js';
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, basename } from 'node:path';
 import hnswlib from 'hnswlib-node';
@@ -84,9 +85,6 @@ export function labelsSha256(items: ReadonlyArray<{ id: string; text: string }>)
   return h.digest('hex');
 }
 
-function fileSha256(path: string): string {
-  return createHash('sha256').update(readFileSync(path)).digest('hex');
-}
 
 export class VectorIndex {
   private vectors: Float32Array;
@@ -157,7 +155,7 @@ export class VectorIndex {
       for (const f of ['index.hnsw', 'vectors.f32']) {
         const p = join(tmp, f);
         const bytes = readFileSync(p);
-        files[f] = { bytes: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex') };
+        files[f] = { bytes: bytes.length, sha256: sha256Hex(bytes) };
       }
       const manifest: IndexManifest = {
         format: INDEX_FORMAT,
@@ -228,7 +226,7 @@ export class VectorIndex {
     for (const [f, info] of Object.entries(m.files)) {
       const p = join(dir, f);
       if (!existsSync(p)) throw new IndexCorruptError(`refusing index ${dir}: ${f} is missing`);
-      const sha = fileSha256(p);
+      const sha = sha256File(p);
       if (sha !== info.sha256) throw new IndexCorruptError(`refusing index ${dir}: ${f} checksum mismatch (sha256 ${sha.slice(0, 12)}…, manifest ${info.sha256.slice(0, 12)}…): the file is corrupted; delete it and rebuild`);
     }
     const vecBytes = readFileSync(join(dir, 'vectors.f32'));

@@ -12,6 +12,7 @@ import { ExperimentRouter } from '../../src/server/experiments/router.js';
 import { reportFromFile } from '../../src/server/experiments/report.js';
 import { runExperimentCli } from '../../src/server/experiments/cli.js';
 import { VARIANTS, TOKEN, calls, http, startRouted, tempDir } from './helpers.js';
+import { metricValue as metric } from '../server/helpers.js';
 
 const open: RunningServer[] = [];
 after(async () => {
@@ -26,12 +27,6 @@ async function start(experiments: Record<string, unknown>): Promise<RunningServe
 
 const search = (s: RunningServer, headers: Record<string, string> = {}, body: Record<string, unknown> = {}) => http(s, 'POST', '/v1/test/search', { query: 'dog', ...body }, headers);
 
-async function metric(s: RunningServer, name: string, labels: Record<string, string>): Promise<number> {
-  const m = await s.registry.getSingleMetric(name)!.get();
-  let total = 0;
-  for (const v of m.values) if (Object.entries(labels).every(([k, x]) => String(v.labels[k]) === x)) total += v.value;
-  return total;
-}
 
 test('sticky over HTTP, split across keys, variant named in body and header, override and unknown override', async () => {
   const dir = tempDir();

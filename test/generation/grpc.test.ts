@@ -9,7 +9,7 @@ import { startServer, type RunningServer } from '../../src/server/server.js';
 import { loadProto } from '../../src/server/grpc.js';
 import { generationCapability, GENERATION_PROTO } from '../../src/server/generation/capability.js';
 import { loadFixtures } from '../engine/helpers.js';
-import { reflectionClient } from '../server/helpers.js';
+import { metricValue as metric, reflectionClient, rejectsWithCode as rejects, until } from '../server/helpers.js';
 
 type Client = grpc.Client & Record<string, (...a: unknown[]) => unknown>;
 
@@ -49,30 +49,8 @@ function stream(c: Client, req: object): { call: grpc.ClientReadableStream<Chunk
   return { call, done };
 }
 
-async function rejects(p: Promise<unknown>, code: grpc.status, re: RegExp): Promise<void> {
-  await assert.rejects(p, (e: grpc.ServiceError) => {
-    assert.equal(e.code, code, `code ${grpc.status[e.code]}: ${e.details}`);
-    assert.match(e.details, re);
-    return true;
-  });
-}
 
-async function metric(s: RunningServer, name: string, labels: Record<string, string>): Promise<number> {
-  const m = s.registry.getSingleMetric(name);
-  assert.ok(m, `metric ${name}`);
-  const data = await m.get();
-  let sum = 0;
-  for (const v of data.values) if (Object.entries(labels).every(([k, x]) => String(v.labels[k]) === x) && !('metricName' in v && String(v.metricName).match(/_(bucket|count)$/))) sum += v.value;
-  return sum;
-}
 
-async function until(fn: () => Promise<boolean>, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await fn())) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 const PROMPT = 'In the beginning God created the heaven and the earth.';
 

@@ -11,6 +11,7 @@ import { startServer, type RunningServer } from '../../src/server/server.js';
 import { loadProto } from '../../src/server/grpc.js';
 import { generationCapability, GENERATION_PROTO } from '../../src/server/generation/capability.js';
 import { loadFixtures } from '../engine/helpers.js';
+import { metricValue as metric, rejectsWithCode as rejects } from '../server/helpers.js';
 
 type Client = grpc.Client & Record<string, (...a: unknown[]) => unknown>;
 
@@ -75,22 +76,7 @@ function stream(c: Client, req: object): Promise<Chunk[]> {
   });
 }
 
-async function rejects(p: Promise<unknown>, code: grpc.status, re: RegExp): Promise<void> {
-  await assert.rejects(p, (e: grpc.ServiceError) => {
-    assert.equal(e.code, code, `code ${grpc.status[e.code]}: ${e.details}`);
-    assert.match(e.details, re);
-    return true;
-  });
-}
 
-async function metric(s: RunningServer, name: string, labels: Record<string, string>): Promise<number> {
-  const m = s.registry.getSingleMetric(name);
-  assert.ok(m, `metric ${name}`);
-  const data = await m.get();
-  let sum = 0;
-  for (const v of data.values) if (Object.entries(labels).every(([k, x]) => String(v.labels[k]) === x)) sum += v.value;
-  return sum;
-}
 
 const PROMPT = 'And God said, Let there be light: and there was light.';
 

@@ -3,6 +3,7 @@
  * start() (tiny model built in-process, through the shared session factory), an HTTP route and
  * a gRPC service that throw every kind of catskim error, and slow endpoints for drain tests.
  */
+import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import {
@@ -209,4 +210,37 @@ export async function getJson(url: string, init?: RequestInit): Promise<{ status
     /* text */
   }
   return { status: r.status, body, headers: r.headers };
+}
+
+/**
+ * Sum of a metric's series whose labels include `labels` (for histograms, their `_sum` series),
+ * read straight from the server's registry.
+ */
+export async function metricValue(s: { registry: import('prom-client').Registry }, name: string, labels: Record<string, string>): Promise<number> {
+  const m = s.registry.getSingleMetric(name);
+  if (!m) throw new Error(`metric ${name} is not registered`);
+  let sum = 0;
+  for (const v of (await m.get()).values) {
+    if ('metricName' in v && /_(bucket|count)$/.test(String(v.metricName))) continue;
+    if (Object.entries(labels).every(([k, x]) => String(v.labels[k]) === x)) sum += v.value;
+  }
+  return sum;
+}
+
+/** Asserts that a gRPC call fails with `code` and details matching `re`. */
+export async function rejectsWithCode(p: Promise<unknown>, code: grpc.status, re: RegExp): Promise<void> {
+  await assert.rejects(p, (e: grpc.ServiceError) => {
+    assert.equal(e.code, code, `code ${grpc.status[e.code]}: ${e.details}`);
+    assert.match(e.details, re);
+    return true;
+  });
+}
+
+/** Polls `fn` every 20 ms until it is true; throws after `ms`. */
+export async function until(fn: () => Promise<boolean>, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await fn())) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
