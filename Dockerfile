@@ -17,8 +17,10 @@ WORKDIR /app
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 make g++ \
  && rm -rf /var/lib/apt/lists/*
-COPY package.json package-lock.json .npmrc ./
-RUN npm ci
+COPY package.json package-lock.json ./
+# package.json allowScripts keeps onnxruntime-node's installer from running (it downloads the CUDA
+# provider); a GPU build runs it on purpose.
+RUN npm ci && if [ "$ORT_INSTALL" != "skip" ]; then npm run ort:cuda; fi
 COPY tsconfig.json ./
 COPY src ./src
 COPY test ./test
@@ -36,18 +38,21 @@ ENV NODE_ENV=production \
     CATSKIM_GRPC_PORT=50051 \
     GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295
 WORKDIR /app
-RUN (getent group catskim || groupadd --system catskim) \
- && (id -u catskim >/dev/null 2>&1 || useradd --system --gid catskim --home-dir /app --shell /usr/sbin/nologin catskim)
-COPY --from=build --chown=root:root /app/package.json /app/.npmrc ./
+# A fixed uid/gid (10001): Kubernetes' runAsNonRoot checks a numeric user (deploy/k8s).
+RUN (getent group catskim || groupadd --system --gid 10001 catskim) \
+ && (id -u catskim >/dev/null 2>&1 || useradd --system --uid 10001 --gid catskim --home-dir /app --shell /usr/sbin/nologin catskim)
+COPY --from=build --chown=root:root /app/package.json ./
 COPY --from=build --chown=root:root /app/node_modules ./node_modules
 COPY --from=build --chown=root:root /app/dist ./dist
 COPY --chown=root:root proto ./proto
 COPY --chown=root:root models ./models
+# the web console's static files (/ui)
+COPY --chown=root:root console ./console
 # The only writable path: HNSW indexes built at first start (var/search) and the experiments'
 # state and feedback database (var/experiments). Mount a volume here to keep them across restarts.
 RUN mkdir -p /app/var && chown catskim:catskim /app/var
 VOLUME ["/app/var"]
-USER catskim
+USER 10001:10001
 EXPOSE 8080 50051
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \

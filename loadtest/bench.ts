@@ -16,10 +16,10 @@
  *              batch 1/8/32: decode tok/s, step ms, KV bytes per request, RSS (child process each).
  *   concatfree the shipped decode.onnx (concatenates past+new K/V in every layer) vs a benchmark-only
  *              export of the same maths without the concat (loadtest/concat_free_export.py).
- *   torch      the engine (in-process Scheduler + ORT) vs the PyTorch reference cached generator
+ *   torch      the engine (in-process EngineCore + ORT) vs the PyTorch reference cached generator
  *              (models/cat/gen.py) on the same weights, greedy, batch 1 and 16; output parity.
  *   overhead   gRPC generation and REST search end to end vs the same work as direct in-process
- *              calls (Scheduler + onnxruntime; encoder session + hnswlib).
+ *              calls (EngineCore + onnxruntime; encoder session + hnswlib).
  *   batching   continuous batching: gRPC closed loop at concurrency 1/4/16/64 vs one at a time,
  *              plus one open-loop (Poisson) run for tail latency.
  *   search     REST search: ef sweep (QPS, p50/p99 at Recall@10 vs exact) and one fixed-rate run.
@@ -29,11 +29,11 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
-import { ModelRunner } from '../src/engine/model.js';
-import { Scheduler } from '../src/engine/scheduler.js';
+import { CatModel } from '../src/engine/cat/model.js';
+import { EngineCore } from '../src/engine/cat/worker.js';
 import { PACKAGE_ROOT } from '../src/server/config.js';
 import type { OnnxConfig } from '../src/engine/session.js';
-import type { WorkerRequest } from '../src/engine/types.js';
+import type { WorkerRequest } from '../src/engine/cat/types.js';
 import { runGrid, formatGrid, type GridResult, type StepResult } from './engine-step.js';
 import { runGenerationLoad, startGenerationServer, formatGenLoad, type GenLoadResult } from './generation-grpc.js';
 import { runSearchLoad, runSearchInProcess, formatSearchLoad, type SearchLoadResult, type InProcessSearchResult } from './search-rest.js';
@@ -69,8 +69,8 @@ function req(id: string, r: InProcReq, C: number, maxTokens: number, temperature
 }
 
 /** All requests at once (static batch); returns wall time and each request's tokens. */
-async function inProcessBatch(runner: ModelRunner, C: number, reqs: InProcReq[], maxTokens: number, temperature: number): Promise<{ seconds: number; tokens: number[][] }> {
-  const s = new Scheduler(runner, { maxRunning: reqs.length, prefillChunk: 8192, prefillBudget: 1 << 20, kvSlotGranule: 32 });
+async function inProcessBatch(runner: CatModel, C: number, reqs: InProcReq[], maxTokens: number, temperature: number): Promise<{ seconds: number; tokens: number[][] }> {
+  const s = new EngineCore(runner, { maxRunning: reqs.length, prefillChunk: 8192, prefillBudget: 1 << 20, kvSlotGranule: 32 });
   const out = reqs.map(() => [] as number[]);
   let done = 0;
   const t0 = performance.now();
@@ -86,8 +86,8 @@ async function inProcessBatch(runner: ModelRunner, C: number, reqs: InProcReq[],
 }
 
 /** Closed loop in-process: `concurrency` requests in the batch, a new one joins when one ends. */
-async function inProcessClosedLoop(runner: ModelRunner, C: number, concurrency: number, count: number, promptLen: number, maxTokens: number, temperature: number) {
-  const s = new Scheduler(runner, { maxRunning: Math.max(concurrency, 1), prefillChunk: 64, prefillBudget: 128, kvSlotGranule: 32 });
+async function inProcessClosedLoop(runner: CatModel, C: number, concurrency: number, count: number, promptLen: number, maxTokens: number, temperature: number) {
+  const s = new EngineCore(runner, { maxRunning: Math.max(concurrency, 1), prefillChunk: 64, prefillBudget: 128, kvSlotGranule: 32 });
   const start = new Map<string, number>();
   const first = new Map<string, number>();
   const e2e: number[] = [];
@@ -153,8 +153,8 @@ async function concatFree(): Promise<void> {
   //    identical inputs: drift on the shared cores hits both alike
   const ab: Array<{ B: number; P: number; shippedMs: number; concatFreeMs: number; speedup: number }> = [];
   {
-    const ra = await ModelRunner.load('shipped', DENSE_DIR, { onnx: ONNX, verifySha256: false });
-    const rb = await ModelRunner.load('concat-free', join(out, 'dense'), { onnx: ONNX, verifySha256: false });
+    const ra = await CatModel.load('shipped', DENSE_DIR, { onnx: ONNX, verifySha256: false });
+    const rb = await CatModel.load('concat-free', join(out, 'dense'), { onnx: ONNX, verifySha256: false });
     const { nLayers: L, nHeads: H, headDim: Dh, dModel: D } = ra.info;
     log('decode call alone (T = 1, all past slots visible), both graphs in one process, interleaved, medians:');
     for (const P of [288, 1024, 4064]) {
@@ -217,7 +217,7 @@ async function concatFree(): Promise<void> {
 }
 
 async function torchVsEngine(): Promise<void> {
-  section('engine (in-process Scheduler + onnxruntime) vs the PyTorch reference cached generator, same weights, greedy');
+  section('engine (in-process EngineCore + onnxruntime) vs the PyTorch reference cached generator, same weights, greedy');
   const promptLen = 256;
   const newTokens = QUICK ? 64 : 128;
   const batches = [1, 16];
@@ -235,7 +235,7 @@ async function torchVsEngine(): Promise<void> {
       continue;
     }
     const tr = JSON.parse(readFileSync(outFile, 'utf8')) as { batches: Record<string, { tokens_per_s: number; median_s: number; generated: number[][] }>; generator: string; torch: string; threads: number };
-    const runner = await ModelRunner.load(kind === 'dense' ? 'dense-kjv' : 'cat-kjv', mdir, { onnx: ONNX, verifySha256: false });
+    const runner = await CatModel.load(kind === 'dense' ? 'dense-kjv' : 'cat-kjv', mdir, { onnx: ONNX, verifySha256: false });
     for (const b of batches) {
       const reqs = prompts[String(b)]!.map((p, i) => ({ prompt: Uint8Array.from(p), seed: i + 1 }));
       await inProcessBatch(runner, C, reqs.map((x) => ({ ...x, prompt: x.prompt.subarray(0, 64) })), 4, 0); // warm-up
@@ -273,8 +273,8 @@ async function overhead(): Promise<void> {
   const n = QUICK ? 12 : 24;
   const promptLen = 200;
   const maxTokens = 64;
-  // generation, in-process (Scheduler + ORT, one request at a time and 16 at once)
-  const runner = await ModelRunner.load('cat-kjv', CAT_DIR, { onnx: ONNX, verifySha256: false });
+  // generation, in-process (EngineCore + ORT, one request at a time and 16 at once)
+  const runner = await CatModel.load('cat-kjv', CAT_DIR, { onnx: ONNX, verifySha256: false });
   await inProcessClosedLoop(runner, 16, 1, 3, promptLen, maxTokens, 0.8); // warm-up
   const inproc1: Array<Awaited<ReturnType<typeof inProcessClosedLoop>>> = [];
   const inproc16: Array<Awaited<ReturnType<typeof inProcessClosedLoop>>> = [];
@@ -312,7 +312,7 @@ async function overhead(): Promise<void> {
   const ip16 = m(inproc16.map((x) => x.tokPerS));
   const gs16 = m(g16.map((x) => x.outputTokensPerS));
   log(`generation, CAT C=16, prompt ${promptLen} bytes, ${maxTokens} tokens, temperature 0.8, ${n} requests per run, median of ${RUNS} runs:`);
-  log(`  one at a time: raw ORT time ${fmt(ort1, 1)} ms/request; in-process Scheduler e2e ${fmt(ip1, 1)} ms; gRPC GenerateStream e2e ${fmt(gs1, 1)} ms (+${fmt((gs1 / ip1 - 1) * 100, 1)}%); gRPC Generate (unary) ${fmt(gu1, 1)} ms (+${fmt((gu1 / ip1 - 1) * 100, 1)}%)`);
+  log(`  one at a time: raw ORT time ${fmt(ort1, 1)} ms/request; in-process EngineCore e2e ${fmt(ip1, 1)} ms; gRPC GenerateStream e2e ${fmt(gs1, 1)} ms (+${fmt((gs1 / ip1 - 1) * 100, 1)}%); gRPC Generate (unary) ${fmt(gu1, 1)} ms (+${fmt((gu1 / ip1 - 1) * 100, 1)}%)`);
   log(`  with the OOD gate on (npm start default): gRPC GenerateStream e2e ${fmt(gg1, 1)} ms (+${fmt((gg1 / ip1 - 1) * 100, 1)}% over in-process; the gate costs ${fmt(gg1 - gs1, 2)} ms/request); ${gateRejected} prompts rejected by the gate (FAILED_PRECONDITION)`);
   log(`  16 concurrent: in-process ${fmt(ip16, 0)} tok/s; gRPC GenerateStream ${fmt(gs16, 0)} tok/s (${fmt((1 - gs16 / ip16) * 100, 1)}% less)`);
   // search

@@ -1,12 +1,5 @@
-"""Benchmark-only variant of decode.onnx without the K/V concatenation (issue 8: quantify, do not
-change models/).
-
-The shipped decode.onnx (models/cat/catlib.py Block.forward) builds kk = cat([past_k, k]) and
-vv = cat([past_v, v]) inside every layer, so ONNX Runtime copies the whole cache of every layer
-on every step. The same maths without that copy: scores against the past and against the new
-entries separately, one joint softmax over the concatenated *scores* ([B,H,T,P+T], small for
-T = 1), then p[..., :P] @ past_v + p[..., P:] @ v. Same inputs and outputs (the catskim.cat/v1
-contract), so the engine runs it unchanged.
+"""Benchmark export of the copy-free decode.onnx (models/cat/decode_export.py) next to the shipped
+graphs, so `npm run bench -- --only concatfree` runs both side by side without touching models/.
 
     OMP_NUM_THREADS=1 /usr/bin/python3 loadtest/concat_free_export.py [--out var/bench/concatfree]
 
@@ -28,39 +21,24 @@ import torch  # noqa: E402
 
 import catlib  # noqa: E402
 import export  # noqa: E402
-
-
-def forward_split(self, x, cos, sin, bias=None, past_k=None, past_v=None):
-    q, k, v = self._qkv(x, cos, sin)
-    q = q * self.scale
-    s_new = torch.matmul(q, k.transpose(-1, -2))
-    if past_k is None:
-        s = s_new if bias is None else s_new + bias
-        o = torch.matmul(torch.softmax(s, dim=-1), v)
-        return self._finish(x, o), k, v
-    P = past_k.shape[2]
-    s = torch.cat([torch.matmul(q, past_k.transpose(-1, -2)), s_new], dim=-1)
-    if bias is not None:
-        s = s + bias
-    p = torch.softmax(s, dim=-1)
-    o = torch.matmul(p[..., :P], past_v) + torch.matmul(p[..., P:], v)
-    return self._finish(x, o), k, v
+from decode_export import decode_graph  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(ROOT, "var", "bench", "concatfree"))
+    ap.add_argument("--graph", default="concat-free", choices=["concat-free", "concat"],
+                    help="which decode graph to write (concat: the baseline, whatever models/ ships)")
     a = ap.parse_args()
     torch.set_num_threads(1)
-    original = catlib.Block.forward
     for kind in ("adaptive", "dense"):
         model, _ = catlib.load(kind, allow_random=False)
         args = export.decode_inputs(model.cfg, 2, 3, 37, 1)
         g = export.DecodeGraph(model.decoder).eval()
         with torch.no_grad():
             ref = g(*args)
-            catlib.Block.forward = forward_split
-            new = g(*args)
+            with decode_graph(model.decoder, "concat-free"):
+                new = g(*args)
         diff = max(float((r - n).abs().max()) for r, n in zip(ref, new))
         print(f"{kind}: concat-free vs original forward, max abs diff {diff:.2e}")
         if diff > 1e-4:
@@ -71,9 +49,8 @@ def main():
         for f in os.listdir(src):
             if f.endswith(".onnx") and f != "decode.onnx" or f in ("manifest.json", "specials.bin"):
                 shutil.copyfile(os.path.join(src, f), os.path.join(dst, f))
-        export.export_decode(model, os.path.join(dst, "decode.onnx"))
-        catlib.Block.forward = original
-        print(f"{kind}: wrote {dst}/decode.onnx")
+        export.export_decode(model, os.path.join(dst, "decode.onnx"), a.graph)
+        print(f"{kind}: wrote {dst}/decode.onnx ({a.graph})")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 /**
  * Cost of one engine step (scheduler tick = compress calls + ONE decode call + in-place KV append +
- * sampling), CAT against dense on the same engine and decoder shape. Runs the real Scheduler and
- * ModelRunner in-process (no worker, no transport).
+ * sampling), CAT against dense on the same engine and decoder shape. Runs the real EngineCore and
+ * CatModel in-process (no worker, no transport).
  *
  *   npx tsc -p tsconfig.json
  *   GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295 \
@@ -24,8 +24,8 @@ import { spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ModelRunner } from '../src/engine/model.js';
-import { Scheduler } from '../src/engine/scheduler.js';
+import { CatModel } from '../src/engine/cat/model.js';
+import { EngineCore } from '../src/engine/cat/worker.js';
 import { PACKAGE_ROOT } from '../src/server/config.js';
 import type { OnnxConfig } from '../src/engine/session.js';
 import { Args, GLIBC_TUNABLES, checkTunables, fmt, machine, machineLine, median, type Machine } from './lib.js';
@@ -67,9 +67,9 @@ export interface StepResult {
 
 /** Child: measure one configuration. */
 async function measureOne(cfg: StepConfig): Promise<StepResult> {
-  const runner = await ModelRunner.load(cfg.model === 'dense' ? 'dense-kjv' : 'cat-kjv', cfg.dir, { onnx: ONNX, verifySha256: false });
+  const runner = await CatModel.load(cfg.model === 'dense' ? 'dense-kjv' : 'cat-kjv', cfg.dir, { onnx: ONNX, verifySha256: false });
   const rssAfterLoad = process.memoryUsage().rss;
-  const s = new Scheduler(runner, { maxRunning: cfg.B, prefillChunk: 512, prefillBudget: 512, kvSlotGranule: 32, prefillMode: 'separate' });
+  const s = new EngineCore(runner, { maxRunning: cfg.B, prefillChunk: 512, prefillBudget: 512, kvSlotGranule: 32, prefillMode: 'separate' });
   // Prefills run one request at a time (budget = one 512-position segment, as a server would, so
   // no [B, 512, P] prefill tensors inflate the RSS); a row that finished its prefill decodes one
   // token per tick while later rows prefill. Row b's prompt is shortened by those tokens, so every
@@ -241,8 +241,8 @@ async function legacyTables(): Promise<void> {
   const TEXT = KJV_TEXT;
 
 
-  async function measure(r: ModelRunner, B: number, promptLen: number, C: number) {
-    const s = new Scheduler(r, { maxRunning: 64, prefillChunk: 1024, prefillBudget: 1024 * 64, kvSlotGranule: 32 });
+  async function measure(r: CatModel, B: number, promptLen: number, C: number) {
+    const s = new EngineCore(r, { maxRunning: 64, prefillChunk: 1024, prefillBudget: 1024 * 64, kvSlotGranule: 32 });
     const prompt = new Uint8Array(Buffer.from(TEXT.repeat(Math.ceil(promptLen / TEXT.length) + 1).slice(0, promptLen)));
     for (let b = 0; b < B; b++) s.submit({ id: `r${b}`, promptIds: prompt, chunkSize: C, maxTokens: 100_000, sampling: { temperature: 1, topK: 0, topP: 1, seed: String(b) }, stops: [], deadlineMs: 0 });
     // prefill (not timed), then a few warm steps
@@ -274,8 +274,8 @@ async function legacyTables(): Promise<void> {
   }
 
   const models = {
-    dense: await ModelRunner.load('dense-kjv', join(PACKAGE_ROOT, 'models/cat/dense'), { onnx: ONNX, verifySha256: false }),
-    cat: await ModelRunner.load('cat-kjv', join(PACKAGE_ROOT, 'models/cat/adaptive'), { onnx: ONNX, verifySha256: false }),
+    dense: await CatModel.load('dense-kjv', join(PACKAGE_ROOT, 'models/cat/dense'), { onnx: ONNX, verifySha256: false }),
+    cat: await CatModel.load('cat-kjv', join(PACKAGE_ROOT, 'models/cat/adaptive'), { onnx: ONNX, verifySha256: false }),
   };
   console.log(`${machineLine()}; 1 intra-op thread; ${STEPS} steps x ${RUNS} runs`);
   console.log('model      C  batch  context | past P | step ms  decode-call ms  tokens/s | copy-whole-past ms | KV bytes held');
@@ -296,8 +296,8 @@ async function legacyTables(): Promise<void> {
   // Chunked prefill next to running decodes: 8 rows decoding (context 200) while one 2000-byte prompt
   // is prefilled in segments of `chunk` decoder positions; what the decoding rows' steps cost meanwhile
   // (the whole batch is padded to the segment length) and how long the new request waits for its first token.
-  async function mixed(r: ModelRunner, C: number, chunk: number, prefillMode: 'fused' | 'separate') {
-    const s = new Scheduler(r, { maxRunning: 64, prefillChunk: chunk, prefillBudget: chunk, kvSlotGranule: 32, prefillMode });
+  async function mixed(r: CatModel, C: number, chunk: number, prefillMode: 'fused' | 'separate') {
+    const s = new EngineCore(r, { maxRunning: 64, prefillChunk: chunk, prefillBudget: chunk, kvSlotGranule: 32, prefillMode });
     const mk = (id: string, len: number) => ({
       id,
       promptIds: new Uint8Array(Buffer.from(TEXT.repeat(Math.ceil(len / TEXT.length) + 1).slice(0, len))),

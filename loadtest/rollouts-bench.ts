@@ -1,6 +1,6 @@
 /**
  * n samples with a shared prefill vs n separate requests, and Score vs generation, in-process
- * (ModelRunner + Scheduler on this thread, CPU, 1 intra-op thread): medians of --reps runs.
+ * (CatModel + EngineCore on this thread, CPU, 1 intra-op thread): medians of --reps runs.
  *
  *   npx tsc -p tsconfig.json && node dist/loadtest/rollouts-bench.js [--n 8] [--prompt-len 1000] [--max-tokens 32] [--reps 5]
  *
@@ -9,10 +9,10 @@
  */
 import { join } from 'node:path';
 import { PACKAGE_ROOT } from '../src/server/config.js';
-import { ModelRunner } from '../src/engine/model.js';
-import { Scheduler } from '../src/engine/scheduler.js';
+import { CatModel } from '../src/engine/cat/model.js';
+import { EngineCore } from '../src/engine/cat/worker.js';
 import { encode } from '../src/engine/tokenizer.js';
-import type { WorkerRequest } from '../src/engine/types.js';
+import type { WorkerRequest } from '../src/engine/cat/types.js';
 
 const args = process.argv.slice(2);
 const opt = (name: string, def: string) => {
@@ -41,8 +41,8 @@ const req = (C: number, seed: number, extra: Partial<WorkerRequest> = {}): Worke
   ...extra,
 });
 
-async function runSet(r: ModelRunner, reqs: WorkerRequest[]): Promise<{ ms: number; ttftMs: number; prefill: number; tokens: Map<string, number[]> }> {
-  const s = new Scheduler(r, SCHED);
+async function runSet(r: CatModel, reqs: WorkerRequest[]): Promise<{ ms: number; ttftMs: number; prefill: number; tokens: Map<string, number[]> }> {
+  const s = new EngineCore(r, SCHED);
   const t0 = performance.now();
   for (const q of reqs) s.submit(q);
   const tokens = new Map<string, number[]>();
@@ -66,7 +66,7 @@ async function runSet(r: ModelRunner, reqs: WorkerRequest[]): Promise<{ ms: numb
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 for (const [dir, name, sizes] of [['adaptive', 'cat-kjv', [4, 16, 32]], ['dense', 'dense-kjv', [0]]] as const) {
-  const r = await ModelRunner.load(name, join(PACKAGE_ROOT, 'models', 'cat', dir), { onnx: { ...onnx, providers: ['cpu'] }, verifySha256: false });
+  const r = await CatModel.load(name, join(PACKAGE_ROOT, 'models', 'cat', dir), { onnx: { ...onnx, providers: ['cpu'] }, verifySha256: false });
   for (const C of sizes) {
     const fork: number[] = [], sep: number[] = [], forkT: number[] = [], sepT: number[] = [], score: number[] = [];
     let prefillFork = 0, prefillSep = 0, same = true;

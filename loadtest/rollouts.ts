@@ -21,6 +21,7 @@
  * only a 127.0.0.1 / localhost address is accepted. Bounded: at most 16 prompts, n <= 16, and the
  * run stops starting prompts after --max-seconds (every call has a deadline).
  */
+import type * as Wire from '../src/server/wire.js';
 import * as grpc from '@grpc/grpc-js';
 import { startServer, type RunningServer } from '../src/server/server.js';
 import { loadProto } from '../src/server/grpc.js';
@@ -79,18 +80,8 @@ if (address) {
 const pkg = grpc.loadPackageDefinition(loadProto(GENERATION_PROTO)) as unknown as { catskim: { v1: { Generation: grpc.ServiceClientConstructor } } };
 const client = new pkg.catskim.v1.Generation(address, grpc.credentials.createInsecure()) as grpc.Client & Record<string, (...a: unknown[]) => unknown>;
 
-interface Lp {
-  token: number;
-  logprob: number;
-  rawLogprob: number;
-}
-interface Choice {
-  index: number;
-  text: string;
-  tokenIds: number[];
-  logprobs: Lp[];
-  finishReason: string;
-}
+type Lp = Wire.TokenLogprob;
+type Choice = Wire.Choice;
 
 function rpc<T>(method: string, req: object, deadlineMs = 60_000): Promise<T> {
   return new Promise((resolve, reject) =>

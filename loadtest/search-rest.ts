@@ -16,7 +16,8 @@
  *
  *   npx tsc -p tsconfig.json && GLIBC_TUNABLES=... node dist/loadtest/search-rest.js \
  *     [--target http://127.0.0.1:8080] [--model skim] [--rate 200 | --mode closed --concurrency 4] \
- *     [--count 4000] [--duration 20] [--connections 32] [--k 10] [--ef 128] [--queries 500] [--no-gate] [--json out.json]
+ *     [--count 4000] [--duration 20] [--connections 32] [--k 10] [--ef 128] [--queries 500] [--no-gate] [--search-mode dense|sparse|hybrid] [--batch N] [--cache-dir var/search-m32] [--json out.json]
+ *   (--batch N: N queries per POST /v1/search/batch; throughput counts queries)
  *   (--no-gate: the server started here runs without the OOD gate, i.e. transport + encoder + HNSW only)
  *
  * Also exports `runSearchInProcess` (the same work as direct calls: encoder session + hnswlib in
@@ -50,6 +51,12 @@ export interface SearchLoadOptions {
   timeoutMs: number;
   /** Server started here: OOD gate on (the server's default) or off. */
   gate: boolean;
+  /** Retrieval mode of every timed request (Recall@10 is against exact dense search, so dense by default). */
+  searchMode: 'dense' | 'sparse' | 'hybrid';
+  /** Queries per request: 1 = POST /v1/search, more = POST /v1/search/batch (QPS counts queries). */
+  batch: number;
+  /** Server started here: its search.cacheDir (built indexes), '' = var/search. */
+  cacheDir: string;
 }
 
 export const DEFAULT_SEARCH: SearchLoadOptions = {
@@ -67,6 +74,9 @@ export const DEFAULT_SEARCH: SearchLoadOptions = {
   warmup: 50,
   timeoutMs: 10_000,
   gate: true,
+  searchMode: 'dense',
+  batch: 1,
+  cacheDir: '',
 };
 
 export interface SearchLoadResult {
@@ -109,9 +119,9 @@ export function wordnetQueries(n: number): string[] {
 }
 
 /** `gate`: the OOD gate (detector section, action flag on search) in front of /v1/search. */
-export async function startSearchServer(model: string, gate = true): Promise<RunningServer> {
+export async function startSearchServer(model: string, gate = true, cacheDir = ''): Promise<RunningServer> {
   const server = await startServer({
-    config: { host: '127.0.0.1', httpPort: 0, grpcPort: 0, logLevel: 'warn', onnx: { providers: ['cpu'] }, search: { models: [model], defaultModel: model }, detector: { enabled: gate } } as never,
+    config: { host: '127.0.0.1', httpPort: 0, grpcPort: 0, logLevel: 'warn', onnx: { providers: ['cpu'] }, search: { models: [model], defaultModel: model, cacheDir }, detector: { enabled: gate } } as never,
     capabilities: [searchCapability],
   });
   await server.ready;
@@ -151,11 +161,11 @@ interface SearchBody {
 export async function runSearchLoad(opts: Partial<SearchLoadOptions>): Promise<SearchLoadResult> {
   const o: SearchLoadOptions = { ...DEFAULT_SEARCH, ...opts };
   if (o.target && !/^http:\/\/(127\.0\.0\.1|localhost|\[::1\]):\d+\/?$/.test(o.target)) throw new Error(`--target must be a loopback http URL (http://127.0.0.1:PORT), got ${o.target}`);
-  const server = o.target ? undefined : await startSearchServer(o.model, o.gate);
+  const server = o.target ? undefined : await startSearchServer(o.model, o.gate, o.cacheDir);
   const base = new URL(o.target ?? server!.httpUrl);
   const agent = new http.Agent({ keepAlive: true, maxSockets: o.mode === 'closed' ? o.concurrency : o.connections });
   const queries = wordnetQueries(o.queries);
-  const body = (q: string, exact = false) => ({ query: q, k: o.k, ef: o.ef, model: o.model, ...(exact ? { exact: true } : {}) });
+  const body = (q: string, exact = false) => ({ query: q, k: o.k, ef: o.ef, model: o.model, mode: exact ? 'dense' : o.searchMode, ...(exact ? { exact: true } : {}) });
   try {
     for (let i = 0; i < o.warmup; i++) await post(agent, base, '/v1/search', body(queries[i % queries.length]!), o.timeoutMs);
     const served = new Map<string, Array<{ id: string; score: number }>>();
@@ -169,20 +179,23 @@ export async function runSearchLoad(opts: Partial<SearchLoadOptions>): Promise<S
     let sent = 0;
     let ok = 0;
     const one = async (i: number, scheduled: number) => {
-      const q = queries[i % queries.length]!;
+      const qs = Array.from({ length: o.batch }, (_, j) => queries[(i * o.batch + j) % queries.length]!);
       const t = performance.now();
-      const r = await post(agent, base, '/v1/search', body(q), o.timeoutMs);
+      const r = o.batch === 1 ? await post(agent, base, '/v1/search', body(qs[0]!), o.timeoutMs) : await post(agent, base, '/v1/search/batch', { queries: qs.map((q) => body(q)) }, o.timeoutMs);
       const end = performance.now();
       if (r.status === 200) {
-        ok++;
+        ok += o.batch;
         lat.push(end - scheduled);
         svc.push(end - t);
-        const b = JSON.parse(r.body) as SearchBody;
-        enc.push(b.timing.encode_ms);
-        srch.push(b.timing.search_ms);
-        que.push(b.timing.queue_ms);
-        tot.push(b.timing.total_ms);
-        if (!served.has(q)) served.set(q, b.results.map((x) => ({ id: x.id, score: x.score })));
+        const parsed = JSON.parse(r.body) as SearchBody | { results: SearchBody[] };
+        const bodies = o.batch === 1 ? [parsed as SearchBody] : (parsed as { results: SearchBody[] }).results;
+        bodies.forEach((b, j) => {
+          enc.push(b.timing.encode_ms);
+          srch.push(b.timing.search_ms);
+          que.push(b.timing.queue_ms);
+          tot.push(b.timing.total_ms);
+          if (!served.has(qs[j]!)) served.set(qs[j]!, b.results.map((x) => ({ id: x.id, score: x.score })));
+        });
       } else {
         const key = r.status === -1 ? 'connection_error' : r.status === -2 ? 'client_timeout' : `HTTP ${r.status}`;
         errors[key] = (errors[key] ?? 0) + 1;
@@ -262,9 +275,9 @@ export function formatSearchLoad(r: SearchLoadResult): string {
   const row = (name: string, s: Summary) => `${name.padEnd(28)} mean ${fmt(s.mean, 2).padStart(8)}  p50 ${fmt(s.median, 2).padStart(8)}  p90 ${fmt(s.p90, 2).padStart(8)}  p99 ${fmt(s.p99, 2).padStart(8)}`;
   return [
     machineLine(r.machine),
-    `target ${r.target}; model ${o.model}; POST /v1/search k=${o.k} ef=${o.ef}; ${load}; bounds ${o.count} requests / ${o.durationS} s; ${o.queries} distinct WordNet lemma queries`,
+    `target ${r.target}${o.cacheDir ? ` (indexes in ${o.cacheDir})` : ''}; model ${o.model}; POST ${o.batch > 1 ? `/v1/search/batch (${o.batch} queries per request)` : '/v1/search'} mode=${o.searchMode} k=${o.k} ef=${o.ef}; ${load}; bounds ${o.count} requests / ${o.durationS} s; ${o.queries} distinct WordNet lemma queries`,
     `sent ${r.sent}, ok ${r.ok}, errors ${Object.keys(r.errors).length ? Object.entries(r.errors).map(([k, v]) => `${k} ${v}`).join(', ') : 0}; duration ${fmt(r.durationS, 2)} s`,
-    `throughput ${fmt(r.qps, 1)} QPS at Recall@10 ${fmt(r.recallAt10, 3)} by id (${fmt(r.recallAt10Eps, 3)} counting score ties within 1e-3, as ann-benchmarks does) vs exact search, ${r.recallQueries} queries`,
+    `throughput ${fmt(r.qps, 1)} queries/s at Recall@10 ${fmt(r.recallAt10, 3)} by id (${fmt(r.recallAt10Eps, 3)} counting score ties within 1e-3, as ann-benchmarks does) vs exact search, ${r.recallQueries} queries`,
     row(o.mode === 'open' ? 'latency from schedule (ms)' : 'latency (ms)', r.latencyMs),
     row('service time from send (ms)', r.serviceMs),
     `server-side medians (ms): total ${fmt(r.serverMs.total, 3)}, encode ${fmt(r.serverMs.encode, 3)}, hnsw ${fmt(r.serverMs.search, 3)}, worker queue+transfer ${fmt(r.serverMs.queue, 3)}`,
@@ -332,6 +345,9 @@ if (isMain(import.meta.url)) {
     recallQueries: a.num('recall-queries', DEFAULT_SEARCH.recallQueries),
     warmup: a.num('warmup', DEFAULT_SEARCH.warmup),
     gate: !a.has('no-gate'),
+    searchMode: a.str('search-mode', 'dense') as SearchLoadOptions['searchMode'],
+    batch: a.num('batch', 1),
+    cacheDir: a.str('cache-dir', ''),
   });
   console.log(formatSearchLoad(r));
   if (a.has('json')) {

@@ -18,7 +18,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadWordnetLabels, wordnetDictDir } from '../src/index/wordnet.js';
-import { formatReport, reportFromFile } from '../src/server/experiments/report.js';
+import { formatReport, reportFromFile } from '../src/serving/experiments/report.js';
 
 interface Args {
   url: string;

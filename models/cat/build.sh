@@ -1,30 +1,24 @@
 #!/usr/bin/env bash
-# Regenerate everything for models/cat: data, training (adaptive CAT, then dense on the same number
-# of tokens), ONNX export, fixtures, eval report, tests.   npm run models:cat
-#   CAT_SKIP_TRAIN=1   reuse the committed model.pt files (export + fixtures + report + tests only)
-#   CAT_STEPS / CAT_SECONDS   adaptive step count / wall budget (defaults 1400 / 1680 s = 28 min)
+# Regenerate everything for models/cat (npm run models:cat): training text, dense training, the
+# adaptive CAT warm-started from it, ONNX export, fixtures, eval report, tests. Training runs in
+# resumable ~10-minute segments under /tmp/catskim-train.lock (run_training.sh); rerunning this
+# command continues an interrupted run from models/cat/work/*_ckpt.pt.
+#   DENSE_STEPS / CAT_STEPS   step targets (defaults in run_training.sh)
+#   DEVICE=cuda               train on a GPU (bf16 autocast; written for it, untested here)
+#   CAT_SKIP_TRAIN=1          reuse the committed model.pt files (export + fixtures + report + tests)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=/usr/bin/python3
 LOCK=/tmp/catskim-train.lock
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=2
-export LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2
-export MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1
-STEPS=${CAT_STEPS:-1400}
-SECONDS_BUDGET=${CAT_SECONDS:-1680}
 mkdir -p models/cat/work
 
-echo "== data (bible -f Gen1:1-Rev22:21 -> models/cat/work/kjv_{train,heldout}.txt)"
-$PY -c 'import sys; sys.path.insert(0, "models/cat"); import catlib; t, h = catlib.kjv_split("models/cat/work"); print("train", len(t), "held-out", len(h), "bytes")'
+echo "== data (bible-kjv, sword-text-web, dict-gcide, fortunes -> models/cat/work/)"
+$PY models/cat/corpus.py
 
 if [ "${CAT_SKIP_TRAIN:-0}" != "1" ]; then
-  echo "== train adaptive CAT (<= ${SECONDS_BUDGET}s)"
-  flock $LOCK $PY models/cat/train.py --kind adaptive --steps "$STEPS" --max-seconds "$SECONDS_BUDGET" \
-    --batch 8 --context 1024 | tee models/cat/work/train_adaptive.log
-  DSTEPS=$($PY -c 'import json; print(json.load(open("models/cat/adaptive/train_log.json"))["summary"]["steps"])')
-  echo "== train dense on the same number of tokens ($DSTEPS steps)"
-  flock $LOCK $PY models/cat/train.py --kind dense --steps "$DSTEPS" --batch 8 --context 1024 \
-    | tee models/cat/work/train_dense.log
+  echo "== train dense, then the adaptive CAT (segments under $LOCK)"
+  bash models/cat/run_training.sh
 fi
 
 echo "== export"
@@ -33,7 +27,7 @@ node models/cat/check_onnx.mjs | tail -1
 echo "== fixtures"
 flock $LOCK $PY models/cat/fixtures.py
 echo "== eval"
-flock $LOCK $PY models/cat/eval.py
+flock $LOCK env LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 $PY models/cat/eval.py
 echo "== tests"
 $PY -m unittest discover -s models/cat -p 'test_*.py'
 du -sh models

@@ -11,9 +11,14 @@ The design followed is /work/shared/design/cat.md:
   (F.interpolate bilinear, align_corners=False, output axis unchanged).
 * Decoder: causal pre-norm transformer of width D. Layer-0 inputs are token embeddings or
   special vectors (dummy_C, SEP, compressed f). Chunk k becomes the block
-  [f_{k-1}, SEP, x_k1 .. x_kC] (f_{-1} = dummy_C), RoPE positions restart per block
-  (f at 0, SEP at 1, tokens 2..C+1). A query sees a key iff the key is not in the future and
-  (same block or the key is a block's first slot).
+  [f_{k-1}, SEP, x_k1 .. x_kC] (f_{-1} = dummy_C). A query sees a key iff the key is not in the
+  future and (same block or the key is a block's first slot).
+* Positions ("recency", our departure from the paper): a slot's RoPE position is its index in
+  the decoder's own short sequence [dummy_C, f_0 .. f_{k-1}, SEP, x_k1 ..], so block k sits at
+  k, k+1, .., k+C+1 and the previous chunk's vector is the nearest compressed slot. The paper's
+  layout ("sequential" in manifests: every block restarts at 0) puts all compressed vectors at
+  position 0, and a decoder trained on little data then cannot tell the most recent chunk from
+  the dummy (swap test, models/cat/README.md).
 * Prediction: SEP predicts a chunk's first token; a token predicts the next one.
 """
 from __future__ import annotations
@@ -49,6 +54,7 @@ class Config:
     max_context: int = 4096
     train_context: int = 1024
     rope_base: float = 10000.0
+    positions: str = "recency"  # or "sequential" (the paper's: every block restarts at 0)
 
     @property
     def head_dim(self) -> int:
@@ -71,6 +77,7 @@ class Config:
     def from_dict(d):
         d = dict(d)
         d["chunk_sizes"] = tuple(d["chunk_sizes"])
+        d.setdefault("positions", "sequential")  # checkpoints from before the field
         return Config(**d)
 
 
@@ -204,9 +211,11 @@ class Decoder(nn.Module):
         S = x.shape[1]
         K = S // L
         cos, sin = self.rope(position_ids)
-        local = torch.full((L, L), NEG).triu(1)  # causal inside a block
-        cmp = torch.where(torch.arange(K).view(1, K) < torch.arange(K).view(K, 1),
-                          torch.tensor(0.0), torch.tensor(NEG)).view(K, 1, K)
+        dev = x.device
+        local = torch.full((L, L), NEG, device=dev).triu(1)  # causal inside a block
+        ar = torch.arange(K, device=dev)
+        cmp = torch.where(ar.view(1, K) < ar.view(K, 1), torch.tensor(0.0, device=dev),
+                          torch.tensor(NEG, device=dev)).view(K, 1, K)
         for layer in self.layers:
             x = layer.forward_blocks(x, cos, sin, L, local, cmp)
         return self.head(self.norm(x))
@@ -241,7 +250,7 @@ class Compressor(nn.Module):
         code = self.cfg.chunk_sizes.index(C)
         size_tok = self.size_embed.weight[code].view(1, 1, -1).expand(N, 1, self.cfg.dc)
         x = torch.cat([size_tok, self.index_embed(chunk_index).unsqueeze(1), self.embed(chunk_ids)], 1)
-        pos = torch.arange(C + 2).unsqueeze(0).expand(N, C + 2)
+        pos = torch.arange(C + 2, device=chunk_ids.device).unsqueeze(0).expand(N, C + 2)
         cos, sin = self.rope(pos)
         for layer in self.layers:
             x, _, _ = layer(x, cos, sin)  # bidirectional inside the chunk: no mask
@@ -255,13 +264,33 @@ class Compressor(nn.Module):
 
 # ----------------------------------------------------------------------------- models
 
-def block_layout(T: int, C: int):
+def block_layout(T: int, C: int, positions: str = "recency"):
     """Decoder layout for T tokens at chunk size C: n full blocks [f, SEP, C tokens] then the
-    block [f_n, SEP, r tokens]. Returns (n, r, S, slot-position list, block-id list)."""
+    block [f_n, SEP, r tokens]. Returns (n, r, S, slot-position list, block-id list).
+    recency: block k at positions k .. k+C+1 (its index in the decoder's own sequence
+    [dummy, f_0..f_{k-1}, SEP, x..]); sequential: every block at 0 .. C+1."""
     n, r = divmod(T, C)
-    pos = list(range(C + 2)) * n + list(range(r + 2))
     blk = [b for b in range(n) for _ in range(C + 2)] + [n] * (r + 2)
+    inner = list(range(C + 2)) * n + list(range(r + 2))
+    if positions == "recency":
+        pos = [i + b for i, b in zip(inner, blk)]
+    elif positions == "sequential":
+        pos = inner
+    else:
+        raise ValueError(f"unknown positions rule {positions!r}")
     return n, r, len(pos), pos, blk
+
+
+def slot_position(n_compressed: int, n_local: int, compressed: bool, positions: str = "recency") -> int:
+    """RoPE position of the next slot of a request that holds n_compressed compressed slots
+    (dummy included) and n_local local slots (SEP included), counted before the slot is added
+    (at a chunk boundary the local list is already emptied). compressed: the slot is a chunk's
+    vector f. The serving rule, in one place (the engine's slotPosition mirrors it)."""
+    if positions == "recency":
+        return n_compressed + n_local
+    if positions == "sequential":  # the paper's: f at 0, SEP at 1, tokens after it
+        return 0 if compressed else n_local + 1
+    raise ValueError(f"unknown positions rule {positions!r}")
 
 
 def pred_position(i: int, C: int) -> int:
@@ -269,12 +298,15 @@ def pred_position(i: int, C: int) -> int:
     return (i // C) * (C + 2) + 1 + (i % C)
 
 
-def block_mask_bias(pos, blk):
-    p = torch.tensor(pos)
+def block_mask_bias(blk):
+    """Block mask from the block id of every slot: a key is visible iff it is not in the future
+    and (same block, or it is a block's first slot). First slots are found by index."""
     b = torch.tensor(blk)
-    S = len(pos)
+    S = len(blk)
     idx = torch.arange(S)
-    allowed = (idx.view(1, S) <= idx.view(S, 1)) & ((b.view(1, S) == b.view(S, 1)) | (p.view(1, S) == 0))
+    first = torch.ones(S, dtype=torch.bool)
+    first[1:] = b[1:] != b[:-1]
+    allowed = (idx.view(1, S) <= idx.view(S, 1)) & ((b.view(1, S) == b.view(S, 1)) | first.view(1, S))
     return torch.where(allowed, torch.tensor(0.0), torch.tensor(NEG)).view(1, 1, S, S)
 
 
@@ -304,17 +336,19 @@ class AdaptiveCAT(nn.Module):
     def compress_full(self, ids, C: int, n: int, index_offset: int = 0):
         B = ids.shape[0]
         if n == 0:
-            return torch.zeros(B, 0, self.cfg.d_model)
+            return torch.zeros(B, 0, self.cfg.d_model, device=ids.device)
         chunks = ids[:, :n * C].reshape(B * n, C)
-        index = (torch.arange(n) + index_offset).repeat(B)
+        index = (torch.arange(n, device=ids.device) + index_offset).repeat(B)
         return self.compressor(chunks, index, C).view(B, n, self.cfg.d_model)
 
-    def layer0_sequence(self, ids, C: int, index_offset: int = 0, drop_last_block: bool = False):
-        """Layer-0 inputs and positions of the full masked forward over ids [B, T]."""
+    def layer0_sequence(self, ids, C: int, index_offset: int = 0, drop_last_block: bool = False, f=None):
+        """Layer-0 inputs and positions of the full masked forward over ids [B, T].
+        f: the compressed vectors [B, n, D] to use instead of compressing ids (the swap test)."""
         B, T = ids.shape
         D = self.cfg.d_model
-        n, r, S, pos, blk = block_layout(T, C)
-        f = self.compress_full(ids, C, n, index_offset)
+        n, r, S, pos, blk = block_layout(T, C, self.cfg.positions)
+        if f is None:
+            f = self.compress_full(ids, C, n, index_offset)
         firsts = torch.cat([self.dummy_for(C).view(1, 1, D).expand(B, 1, D), f], 1)  # [B, n+1, D]
         tok = self.decoder.embed(ids)
         sep = self.sep.view(1, 1, 1, D)
@@ -334,16 +368,17 @@ class AdaptiveCAT(nn.Module):
         Returns decoder logits at every slot [B, S, V] (use pred_position to index)."""
         x0, pos, blk = self.layer0_sequence(ids, C)
         position_ids = torch.tensor(pos).unsqueeze(0).expand(ids.shape[0], -1)
-        logits, _ = self.decoder.run(x0, position_ids, block_mask_bias(pos, blk))
+        logits, _ = self.decoder.run(x0, position_ids, block_mask_bias(blk))
         return logits
 
-    def token_logits(self, ids, C: int, structured: bool = True, index_offset: int = 0):
-        """Logits predicting token i for i = 0..T-1 (T a multiple of C when structured)."""
+    def token_logits(self, ids, C: int, structured: bool = True, index_offset: int = 0, f=None):
+        """Logits predicting token i for i = 0..T-1 (T a multiple of C when structured).
+        f: compressed vectors to use instead of compressing ids (structured path only)."""
         B, T = ids.shape
-        sel = torch.tensor([pred_position(i, C) for i in range(T)])
+        sel = torch.tensor([pred_position(i, C) for i in range(T)], device=ids.device)
         if structured:
-            x0, pos, _ = self.layer0_sequence(ids, C, index_offset, drop_last_block=True)
-            position_ids = torch.tensor(pos).unsqueeze(0).expand(B, -1)
+            x0, pos, _ = self.layer0_sequence(ids, C, index_offset, drop_last_block=True, f=f)
+            position_ids = torch.tensor(pos, device=ids.device).unsqueeze(0).expand(B, -1)
             logits = self.decoder.run_blocks(x0, position_ids, C + 2)
         else:
             logits = self.full_logits(ids, C)
@@ -367,8 +402,8 @@ class DenseLM(nn.Module):
     def full_logits(self, ids):
         B, T = ids.shape
         x0 = self.decoder.embed(ids)
-        position_ids = torch.arange(T).unsqueeze(0).expand(B, T)
-        logits, _ = self.decoder.run(x0, position_ids, causal_bias(T))
+        position_ids = torch.arange(T, device=ids.device).unsqueeze(0).expand(B, T)
+        logits, _ = self.decoder.run(x0, position_ids, causal_bias(T).to(ids.device))
         return logits  # position t predicts token t+1
 
     def next_logits(self, ids, C=None):

@@ -2,7 +2,7 @@
 and write the graph-level parity fixture models/cat/fixtures/graphs.json (random small inputs
 and the PyTorch outputs; check_onnx.mjs replays them in onnxruntime-node).
 
-  /usr/bin/python3 models/cat/export.py [--kind adaptive|dense|both]
+  /usr/bin/python3 models/cat/export.py [--kind adaptive|dense|both] [--decode-graph concat-free|concat]
 """
 import argparse
 import hashlib
@@ -16,6 +16,8 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import catlib  # noqa: E402
+import corpus  # noqa: E402
+from decode_export import DEFAULT_GRAPH, GRAPHS, decode_graph  # noqa: E402
 
 OPSET = 17
 
@@ -74,7 +76,8 @@ def decode_inputs(cfg, B, T, P, seed):
     return [ids, spec, use, pos, bias] + past
 
 
-def export_decode(model, path):
+def export_decode(model, path, graph=DEFAULT_GRAPH):
+    """graph: "concat-free" (decode_export.py: same contract, no K/V copy) or "concat" (as trained)."""
     cfg = model.cfg
     g = DecodeGraph(model.decoder).eval()
     ins, outs = decode_names(cfg.n_layers)
@@ -87,7 +90,7 @@ def export_decode(model, path):
             dyn[n] = {0: "batch", 2: "past"}
         for n in (f"new_key_{l}", f"new_value_{l}"):
             dyn[n] = {0: "batch", 2: "new"}
-    with torch.no_grad():
+    with torch.no_grad(), decode_graph(model.decoder, graph):
         torch.onnx.export(g, args, path, input_names=ins, output_names=outs, dynamic_axes=dyn,
                           opset_version=OPSET, do_constant_folding=True)
     return g
@@ -134,16 +137,26 @@ def training_info(model_pt):
     env = ("OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=2 "
            "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 "
            "MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1")
-    cmd = f"flock /tmp/catskim-train.lock env {env} /usr/bin/python3 models/cat/train.py " + " ".join(ex.get("argv", []))
+    args = ck.get("args") or {}
+    argv = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in args.items()
+                    if v not in (None, False) and k not in ("resume", "segment_seconds"))
+    cmd = (f"flock /tmp/catskim-train.lock env {env} /usr/bin/python3 models/cat/train.py {argv} "
+           "(in segments: --resume --segment-seconds 600; see models/cat/run_training.sh)")
     return {"command": cmd, "seconds": ex.get("seconds"), "steps": ex.get("steps"),
             "tokens": ex.get("tokens"), "tokens_per_s": ex.get("tokens_per_s"),
             "batch": ex.get("batch"), "context": ex.get("context"),
             "final_loss": {"nats_per_byte_ema": ex.get("final_loss_ema_nats"),
                            "bits_per_byte_ema": round(ex["final_loss_ema_nats"] / np.log(2), 4)
                            if ex.get("final_loss_ema_nats") is not None else None},
-            "data": {"text": "KJV via `bible -f Gen1:1-Rev22:21` (Debian bible-kjv), verse references "
-                             "stripped, one verse per line", "held_out_books": list(catlib.HELD_OUT_BOOKS),
-                     "recall_fraction": ex.get("recall_frac")},
+            "init_from": ex.get("init_from"),
+            "data": {"text": "mix (models/cat/corpus.py): " + ", ".join(
+                         f"{k} {v}" for k, v in corpus.MIX.items()) + "; KJV (bible-kjv), WEB "
+                         "(sword-text-web via diatheke), GCIDE (dict-gcide), fortunes",
+                     "held_out_books": ["Ruth", "Ecclesiastes", "Mark", "1 Peter"],
+                     "name_copy_fraction": ex.get("name_frac"),
+                     "answer_weight": ex.get("answer_weight"),
+                     "name_distance": ex.get("name_distance"),
+                     "chunk_size_probs": ex.get("c_probs") if ex.get("kind") == "adaptive" else None},
             "hardware": "2 shared CPU cores, torch 1.13 (1 thread), OpenBLAS (2 threads), jemalloc"}
 
 
@@ -186,8 +199,13 @@ def write_manifest(model, out_dir, files):
                            "projection": "one weight D x (32*Dc), resized along the input axis "
                                          "(bilinear, align_corners=False) per C; baked per graph"},
             "compress_graphs": {str(C): f"compress_c{C}.onnx" for C in cfg.chunk_sizes},
+            # recency: a slot's RoPE position is its index in [dummy_C, f_1..f_n, SEP, x..];
+            # a manifest without the field means "sequential" (the paper's per-block restart)
+            "positions": cfg.positions,
             "layout": {"block": "[f_prev, SEP, x_1..x_C]; f_prev of chunk 0 = dummy_C",
-                       "positions": "restart per block: f 0, SEP 1, tokens 2..C+1",
+                       "positions": ("recency: slot index in [dummy_C, f_1..f_n, SEP, x..] = "
+                                     "len(compressed) + len(local) when appended")
+                       if cfg.positions == "recency" else "sequential: restart per block: f 0, SEP 1, tokens 2..C+1",
                        "mask": "key not in the future AND (same block OR key is a block's first slot)",
                        "prediction": "SEP predicts the chunk's first token; a token predicts the next"},
         })
@@ -202,12 +220,12 @@ def write_manifest(model, out_dir, files):
     return man
 
 
-def export_kind(kind, fixtures):
+def export_kind(kind, fixtures, decode_graph_kind=DEFAULT_GRAPH):
     model, trained = catlib.load(kind, allow_random=False)
     out = catlib.model_dir(kind)
     cfg = model.cfg
     files = ["decode.onnx"]
-    g = export_decode(model, os.path.join(out, "decode.onnx"))
+    g = export_decode(model, os.path.join(out, "decode.onnx"), decode_graph_kind)
     cases = []
     for (B, T, P, seed) in [(2, 3, 5, 1), (2, 4, 0, 2), (3, 1, 7, 3), (1, 6, 2, 4)]:
         args = decode_inputs(cfg, B, T, P, seed)
@@ -249,6 +267,8 @@ def export_kind(kind, fixtures):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kind", default="both", choices=["adaptive", "dense", "both"])
+    ap.add_argument("--decode-graph", default=DEFAULT_GRAPH, choices=GRAPHS,
+                    help="decode.onnx without the per-layer K/V concat (default; decode_export.py) or with it")
     a = ap.parse_args()
     torch.set_num_threads(1)
     fx_dir = os.path.join(catlib.HERE, "fixtures")
@@ -262,7 +282,7 @@ def main():
     for k in kinds:
         for key in [key for key in fixtures if key.startswith(k + "/")]:
             del fixtures[key]
-        export_kind(k, fixtures)
+        export_kind(k, fixtures, a.decode_graph)
     with open(path, "w") as f:
         json.dump({"format": "catskim.cat.graphs/v1",
                    "note": "random inputs per exported graph and the PyTorch outputs (float32 values "

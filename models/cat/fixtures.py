@@ -58,6 +58,7 @@ def make(kind):
            "tolerance_hint": {"logits_abs": 1e-4},
            "cases": cases}
     if adaptive:
+        out["positions"] = model.cfg.positions  # decoder slot positions the engine must use
         text = dict(PROMPTS)[SCORE_PROMPT]
         ids = torch.tensor([list(text.encode("utf-8"))])
         with torch.no_grad():

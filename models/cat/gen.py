@@ -4,18 +4,20 @@ does. Rows of one batch may use different chunk sizes (and dense rows use C=None
 
 Per request and layer the cache is two lists: compressed (dummy_C, f_1 .. f_n) and local
 (SEP + the tokens of the current chunk fed so far).
-  prefill:  [dummy_C, f_1..f_n, SEP, x_{nC+1}..x_P] at positions [0..0, 1, 2..r+1], plain causal
-            mask among the new entries, P = 0 past; first n+1 new K/V -> compressed, rest -> local.
-  token:    feed the last sampled token at position len(local)+1 against compressed + local.
+  prefill:  [dummy_C, f_1..f_n, SEP, x_{nC+1}..x_P], plain causal mask among the new entries,
+            P = 0 past; first n+1 new K/V -> compressed, rest -> local.
+  token:    feed the last sampled token against compressed + local.
   boundary: (the C-th token of the chunk was just sampled) compress chunk n (index n), run
-            [f, SEP] at positions [0, 1] against compressed only; f's K/V -> compressed,
-            local = [SEP]; SEP's logits give the next token.
+            [f, SEP] against compressed only; f's K/V -> compressed, local = [SEP]; SEP's
+            logits give the next token.
+Positions come from catlib.slot_position (recency: the slot's index in [compressed, local];
+sequential: the paper's per-block restart), the model's cfg.positions.
 """
 from __future__ import annotations
 
 import torch
 
-from catlib import NEG, AdaptiveCAT
+from catlib import NEG, AdaptiveCAT, slot_position
 
 
 class Row:
@@ -108,6 +110,7 @@ def generate(model, prompts, chunk_sizes, max_new: int):
                 n = len(r.ids) // C
                 fs[id(r)] = f[o:o + n]
                 o += n
+    rule = model.cfg.positions
     for r in rows:
         if adaptive:
             C = r.C
@@ -116,8 +119,10 @@ def generate(model, prompts, chunk_sizes, max_new: int):
             spec = torch.cat([model.dummy_for(C).view(1, D), fs[id(r)], model.sep.view(1, D),
                               torch.zeros(len(rest), D)], 0)
             use = torch.tensor([True] * (n + 2) + [False] * len(rest))
+            pos = [slot_position(j, 0, True, rule) for j in range(n + 1)]
+            pos += [slot_position(n + 1, j, False, rule) for j in range(len(rest) + 1)]
             items.append({"ids": [0] * (n + 2) + rest, "spec": spec, "use": use,
-                          "pos": [0] * (n + 1) + list(range(1, len(rest) + 2)), "past": None})
+                          "pos": pos, "past": None})
             r.n = n
         else:
             P = len(r.ids)
@@ -150,11 +155,13 @@ def generate(model, prompts, chunk_sizes, max_new: int):
         for r, bd in zip(rows, boundary):
             if bd:
                 spec = torch.stack([fnew[id(r)], model.sep])
+                nc = r.n + 1  # compressed slots held (dummy + n chunks); local is dropped
                 items.append({"ids": [0, 0], "spec": spec, "use": torch.tensor([True, True]),
-                              "pos": [0, 1], "past": r.comp})
+                              "pos": [slot_position(nc, 0, True, rule),
+                                      slot_position(nc + 1, 0, False, rule)], "past": r.comp})
             else:
                 past = _cat_kv(r.comp, r.local) if adaptive else r.local
-                p = _len(r.local) + 1 if adaptive else len(r.ids) - 1
+                p = slot_position(r.n + 1, _len(r.local), False, rule) if adaptive else len(r.ids) - 1
                 items.append({"ids": [r.ids[-1]], "spec": torch.zeros(1, D),
                               "use": torch.tensor([False]), "pos": [p], "past": past})
         outs = decode_batch(dec, items)

@@ -47,7 +47,7 @@ class TestBlockMask(unittest.TestCase):
     def test_block_mask_rule(self):
         n, r, S, pos, blk = catlib.block_layout(10, 4)  # 2 full blocks + [f, SEP, 2 tokens]
         self.assertEqual((n, r, S), (2, 2, 16))
-        bias = catlib.block_mask_bias(pos, blk)[0, 0]
+        bias = catlib.block_mask_bias(blk)[0, 0]
         visible = lambda q, k: bias[q, k].item() == 0.0  # noqa: E731
         self.assertTrue(visible(7, 6))      # token sees earlier token of its block
         self.assertFalse(visible(8, 5))     # ... not a token of an earlier block
@@ -57,7 +57,28 @@ class TestBlockMask(unittest.TestCase):
         self.assertFalse(visible(6, 7))     # no future
         self.assertEqual(catlib.pred_position(0, 4), 1)
         self.assertEqual(catlib.pred_position(5, 4), 8)
-        self.assertEqual(pos[12:16], [0, 1, 2, 3])
+
+    def test_recency_positions(self):
+        # block k sits at k .. k+C+1: its slot index in [dummy, f_0..f_{k-1}, SEP, x..]
+        _, _, _, pos, _ = catlib.block_layout(10, 4)
+        self.assertEqual(pos, [0, 1, 2, 3, 4, 5, 1, 2, 3, 4, 5, 6, 2, 3, 4, 5])
+        _, _, _, seq, _ = catlib.block_layout(10, 4, "sequential")
+        self.assertEqual(seq, [0, 1, 2, 3, 4, 5] * 2 + [0, 1, 2, 3])
+        # the serving rule gives the same positions: block 2 = [f_1, SEP, x, x] with 2 compressed
+        # slots held before f_1 is appended (dummy, f_0), local emptied at the boundary
+        self.assertEqual(catlib.slot_position(2, 0, True), 2)
+        self.assertEqual(catlib.slot_position(3, 0, False), 3)   # SEP
+        self.assertEqual(catlib.slot_position(3, 2, False), 5)   # second token after SEP
+        self.assertEqual(catlib.slot_position(2, 0, True, "sequential"), 0)
+        self.assertEqual(catlib.slot_position(3, 2, False, "sequential"), 3)
+        with self.assertRaises(ValueError):
+            catlib.slot_position(1, 1, False, "absolute")
+
+    def test_config_without_positions_is_sequential(self):
+        d = catlib.Config().to_dict()
+        self.assertEqual(catlib.Config.from_dict(d).positions, "recency")
+        del d["positions"]
+        self.assertEqual(catlib.Config.from_dict(d).positions, "sequential")
 
 
 class TestCachedGeneration(unittest.TestCase):
@@ -84,6 +105,13 @@ class TestCachedGeneration(unittest.TestCase):
     def test_dense_cached_equals_full(self):
         text = list("And God said, Let there be light: and there was light.".encode())
         self._check(self.dense, [text[:1], text[:20], text[:33]], [None] * 3, 24)
+
+    def test_sequential_rule_cached_equals_full(self):
+        torch.manual_seed(5)
+        m = catlib.build("adaptive", catlib.Config(positions="sequential"))
+        m.eval()
+        text = list("In the beginning God created the heaven and the earth.".encode())
+        self._check(m, [text[:3], text[:17], text[:33]], [4, 8, 16], 20)
 
     def test_untrained_chunk_size_rejected(self):
         with self.assertRaises(AssertionError):
@@ -142,6 +170,8 @@ class TestOnnx(unittest.TestCase):
             ops = {n.op_type for n in g.graph.node}
             self.assertIn("Softmax", ops)
             if kind == "adaptive":
+                model, _ = catlib.load(kind, allow_random=False)
+                self.assertEqual(man.get("positions", "sequential"), model.cfg.positions)
                 sp = os.path.getsize(os.path.join(d, "specials.bin"))
                 self.assertEqual(sp, 4 * man["d_model"] * len(man["specials"]["rows"]))
                 self.assertGreaterEqual(man["max_context"], 4096)

@@ -264,16 +264,89 @@ def make_ood(a: str, b: str, rng: random.Random, vocab: Sequence[str] = ()) -> s
     return out
 
 
-def make_pool(samples: Sequence[Tuple[str, int]], n: int, rng: random.Random, vocab: Sequence[str] = ()) -> List[str]:
-    """n OOD samples: for each, a random A, a random B of a different class, mixed then corrupted."""
+# ---------------------------------------------------------------- OOD samples that are not splices
+# CnC's mixed samples all contain long runs of real ID text, so a detector trained on them alone
+# learns splice seams and character damage. These are whole inputs that are wrong everywhere in a
+# different way; none of them uses any text outside the ID training split.
+def word_salad(samples: Sequence[Tuple[str, int]], rng: random.Random) -> str:
+    """Words drawn at their ID frequency (the words of random ID inputs), in random order."""
+    n = len(rng.choice(samples)[0].split()) + rng.randint(0, 6)
+    bag: List[str] = []
+    while len(bag) < 4 * max(n, 1):
+        bag.extend(samples[rng.randrange(len(samples))][0].split())
+    return " ".join(rng.sample(bag, max(n, 1)))
+
+
+def shuffle_all(samples: Sequence[Tuple[str, int]], rng: random.Random) -> str:
+    """Every word of one ID input in random order (of a 3+ word input; word salad otherwise)."""
+    for _ in range(8):
+        toks = rng.choice(samples)[0].split()
+        if len(set(toks)) >= 3:
+            out = toks[:]
+            while out == toks:
+                rng.shuffle(out)
+            return " ".join(out)
+    return word_salad(samples, rng)
+
+
+class MarkovText:
+    """A first-order word chain estimated on ID inputs: fluent for two words, aimless after that."""
+
+    def __init__(self, samples: Sequence[Tuple[str, int]], rng: random.Random, max_inputs: int = 60000):
+        self.next: Dict[str, List[str]] = {}
+        self.starts: List[str] = []
+        for t, _ in (samples if len(samples) <= max_inputs else rng.sample(list(samples), max_inputs)):
+            toks = t.split()
+            if len(toks) < 2:
+                continue
+            self.starts.append(toks[0])
+            for a, b in zip(toks, toks[1:]):
+                self.next.setdefault(a.lower(), []).append(b)
+
+    def __call__(self, samples: Sequence[Tuple[str, int]], rng: random.Random) -> str:
+        if not self.starts:
+            return word_salad(samples, rng)
+        n = max(4, len(rng.choice(samples)[0].split()) + rng.randint(2, 12))
+        w = rng.choice(self.starts)
+        out = [w]
+        while len(out) < n:
+            nxt = self.next.get(w.lower())
+            w = rng.choice(nxt) if nxt else rng.choice(self.starts)
+            out.append(w)
+        return " ".join(out)
+
+
+def concat_inputs(samples: Sequence[Tuple[str, int]], rng: random.Random) -> str:
+    """2-5 whole ID inputs joined: longer and more varied than any one input (for domains whose
+    inputs are short units; a long passage is in distribution for generation)."""
+    return " ".join(samples[rng.randrange(len(samples))][0] for _ in range(rng.randint(2, 5)))
+
+
+NONSPLICE_FAMILIES = ("word_salad", "shuffle_all", "markov", "concat")
+
+
+def make_pool(samples: Sequence[Tuple[str, int]], n: int, rng: random.Random, vocab: Sequence[str] = (),
+              nonsplice: float = 0.0, nonsplice_families: Sequence[str] = NONSPLICE_FAMILIES) -> List[str]:
+    """n OOD samples. A share `nonsplice` are made by one of `nonsplice_families` (a corruption
+    follows in half of them); the rest are CnC's: a random A, a random B of a different class,
+    mixed, then corrupted."""
     by_class: Dict[int, List[str]] = {}
     for t, y in samples:
         by_class.setdefault(y, []).append(t)
     classes = sorted(by_class)
     if len(classes) < 2:
         raise ValueError("CnC mixing needs at least two classes")
+    makers: Dict[str, Callable[[Sequence[Tuple[str, int]], random.Random], str]] = {
+        "word_salad": word_salad, "shuffle_all": shuffle_all, "concat": concat_inputs}
+    if nonsplice > 0 and "markov" in nonsplice_families:
+        makers["markov"] = MarkovText(samples, rng)
+    fams = [f for f in nonsplice_families if f in makers]
     out = []
     for _ in range(n):
+        if fams and rng.random() < nonsplice:
+            t = makers[rng.choice(fams)](samples, rng)
+            out.append(corrupt(t, rng, vocab)[0] if rng.random() < 0.5 else t)
+            continue
         a, ya = samples[rng.randrange(len(samples))]
         yb = rng.choice([c for c in classes if c != ya])
         b = rng.choice(by_class[yb])

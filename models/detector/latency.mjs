@@ -13,7 +13,12 @@ if (!existsSync(mod)) {
   console.error(`latency: ${mod} missing; build first (npx tsc -p tsconfig.json). Skipped.`);
   process.exit(0);
 }
-const { Detector } = await import(mod);
+const { Detector, detectorText } = await import(mod);
+// --compare DIR: also time DIR/<domain>/detector.onnx (e.g. the previous release, from `git show`) on
+// the same tokenised inputs in this process, so the ratio is measured side by side.
+const ci = process.argv.indexOf('--compare');
+const compareDir = ci > 0 ? process.argv[ci + 1] : undefined;
+const ort = compareDir ? (await import('onnxruntime-node')).default ?? (await import('onnxruntime-node')) : undefined;
 const ONNX = { providers: ['cpu'], strict: false, graphOptimizationLevel: 'all', intraOpThreads: 1, interOpThreads: 1, deviceId: 0 };
 const TEXTS = {
   search: ['dog', 'a domesticated carnivorous mammal', 'move fast by using one\'s feet, with one foot off the ground at any given time'],
@@ -24,6 +29,7 @@ const TEXTS = {
 };
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const out = { machine: `${os.cpus()[0]?.model ?? 'cpu'} x${os.cpus().length}, node ${process.version}`, note: 'ms, medians; tokenise + session.run', domains: {} };
+if (compareDir) out.compared = process.env.COMPARE_LABEL ?? compareDir;
 for (const domain of ['search', 'generation']) {
   const det = await Detector.load(join(HERE, domain), { onnx: ONNX });
   const texts = TEXTS[domain];
@@ -49,6 +55,33 @@ for (const domain of ['search', 'generation']) {
     xs.push(performance.now() - t0);
   }
   r.concurrent_64_classify_ms = +median(xs).toFixed(4);
+  if (compareDir) {
+    // session.run only (tokenising is shared), this graph against the compared one, interleaved.
+    const opts = { executionProviders: ['cpu'], intraOpNumThreads: 1, interOpNumThreads: 1, graphOptimizationLevel: 'all' };
+    const mine = await ort.InferenceSession.create(join(HERE, domain, 'detector.onnx'), opts);
+    const other = await ort.InferenceSession.create(join(compareDir, domain, 'detector.onnx'), opts);
+    const feedsOf = (batch) => {
+      const enc = det.tokenizer.encodeBatch(Array.from({ length: batch }, (_, i) => detectorText(texts[i % texts.length], det.maxWords)));
+      const dims = [enc.batch, enc.width];
+      return { input_ids: new ort.Tensor('int64', enc.inputIds, dims), attention_mask: new ort.Tensor('int64', enc.attentionMask, dims) };
+    };
+    for (const batch of [1, 32]) {
+      const feeds = feedsOf(batch);
+      const a = [], b = [];
+      for (let rep = 0; rep < 400; rep++) {
+        let t0 = performance.now();
+        await mine.run(feeds, ['probs', 'id_probs']);
+        a.push(performance.now() - t0);
+        t0 = performance.now();
+        await other.run(feeds, ['probs']);
+        b.push(performance.now() - t0);
+      }
+      r[`run_only_batch_${batch}_ms`] = +median(a).toFixed(4);
+      r[`compared_run_only_batch_${batch}_ms`] = +median(b).toFixed(4);
+    }
+    await other.release();
+    await mine.release();
+  }
   const st = det.stats;
   r.tokenize_share = +(st.tokenizeMs / (st.tokenizeMs + st.runMs)).toFixed(3);
   out.domains[domain] = r;
@@ -65,11 +98,18 @@ if (existsSync(mdPath)) {
   let md = readFileSync(mdPath, 'utf8');
   md = md.replace(/\n<!-- latency -->[\s\S]*<!-- \/latency -->\n/, '\n');
   const rows = Object.entries(out.domains).map(([d, r]) => `| ${d} | ${r.batch_1_ms} | ${r.batch_8_ms} | ${r.batch_32_ms} | ${r.per_input_ms_at_batch_32} | ${r.concurrent_64_classify_ms} |`);
+  const cmp = compareDir
+    ? [
+        '', `session.run only, side by side in the same process against \`${out.compared}\` (same inputs, interleaved, medians of 400):`, '',
+        '| detector | this, batch 1 (ms) | compared, batch 1 (ms) | this, batch 32 (ms) | compared, batch 32 (ms) |', '|---|---|---|---|---|',
+        ...Object.entries(out.domains).map(([d, r]) => `| ${d} | ${r.run_only_batch_1_ms} | ${r.compared_run_only_batch_1_ms} | ${r.run_only_batch_32_ms} | ${r.compared_run_only_batch_32_ms} |`),
+      ]
+    : [];
   md += [
     '', '<!-- latency -->', '## Serving latency (TypeScript engine, onnxruntime-node CPU, 1 thread)', '',
     `${out.machine}; ${out.note} (models/detector/latency.mjs).`, '',
     '| detector | batch 1 (ms) | batch 8 (ms) | batch 32 (ms) | per input at batch 32 (ms) | 64 concurrent classify() (ms, total) |',
-    '|---|---|---|---|---|---|', ...rows, '', '<!-- /latency -->', '',
+    '|---|---|---|---|---|---|', ...rows, ...cmp, '', '<!-- /latency -->', '',
   ].join('\n');
   writeFileSync(mdPath, md);
 }

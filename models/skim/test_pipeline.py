@@ -18,6 +18,7 @@ import skim_map  # noqa: E402
 from bm25 import BM25  # noqa: E402
 from encoder import DualEncoder, Tokens  # noqa: E402
 import generator as gen  # noqa: E402
+import hybrid  # noqa: E402
 
 
 class TokenizerTest(unittest.TestCase):
@@ -74,15 +75,49 @@ class MetricsTest(unittest.TestCase):
 
 
 class MappingTest(unittest.TestCase):
-    def test_threshold_topk_union_clip(self):
-        lemma = np.array([[1, 0], [0.8, 0.6], [-1, 0]], dtype=np.float32)
-        emb = {"x": np.array([1, 0], dtype=np.float32), "y": np.array([0, 1], dtype=np.float32)}
-        pairs = skim_map.map_synthetic([["x"], ["y"]], lambda ss: np.stack([emb[s] for s in ss]), lemma, topk=10, threshold=0.8)
-        # x: cos 1 -> 1.0 (lemma 0), cos 0.8 -> 0.9 (lemma 1), cos -1 -> 0 (dropped); y: lemma 1 cos 0.6 -> 0.8 kept
-        self.assertEqual({k: round(v, 5) for k, v in pairs.items()}, {(0, 0): 1.0, (1, 0): 0.9, (1, 1): 0.8})
-        p, w = skim_map.union_clip([(1, 0)], pairs)
+    def test_exact_stem_neighbours_df_and_sources(self):
+        # synthetic strings of 3 labels; training lemmas "dog", "run", "cat"
+        syn = [{"dog": 0, "runs": 0}, {"dog": 1, "kitten": 0}, {"dog": 0}]
+        emb = {"dog": [1, 0], "runs": [0, 1], "kitten": [0.8, 0.6]}
+        lemma = np.array([[1, 0], [0, 1], [0.6, 0.8]], dtype=np.float32)
+        m = skim_map.Mapping(syn, ["dog", "run", "cat"], lambda ss: np.array([emb[s] for s in ss], dtype=np.float32), lemma, topk=3, min_score=0.8)
+        NL = 3
+        pairs = lambda th, md, src="examples+gloss": dict(zip(*[x.tolist() for x in m.pairs(NL, th, md, src)]))
+        # exact: dog -> labels 0,1,2; stem: runs -> run (row 1) on label 0
+        got = pairs(skim_map.EXACT_ONLY, 10)
+        self.assertEqual(got, {0 * NL + 0: 1.0, 0 * NL + 1: 1.0, 0 * NL + 2: 1.0, 1 * NL + 0: 1.0})
+        # "dog" is proposed for 3 labels: max_df 2 drops it
+        self.assertEqual(pairs(skim_map.EXACT_ONLY, 2), {1 * NL + 0: 1.0})
+        # sources: label 1's "dog" came from its gloss
+        self.assertNotIn(0 * NL + 1, pairs(skim_map.EXACT_ONLY, 10, "examples"))
+        # neighbours: kitten ~ cat: cos 0.96 -> 0.98 >= 0.95 (label 1, row 2); kitten ~ dog: cos .8 -> .9
+        nb = pairs(0.95, 10)
+        self.assertAlmostEqual(nb[2 * NL + 1], 0.98, places=5)
+        self.assertNotIn(2 * NL + 0, nb)
+        sweep, best = skim_map.validate(m, NL, np.array([0, 1 * NL + 0]), thresholds=(skim_map.EXACT_ONLY, 0.9), max_dfs=(2, 10), sources=("examples",))
+        # max_df 10, examples only: pairs {0, 2, 3}, observed {0, 3}: F1 0.8 (max_df 2: {3}: F1 0.67)
+        self.assertEqual(best[:2], (skim_map.EXACT_ONLY, 10))
+        self.assertEqual(len(sweep), 4)
+
+    def test_union_clip(self):
+        p, w = skim_map.union_clip([(1, 0)], {(0, 0): 1.0, (1, 0): 0.9, (1, 1): 0.8})
         self.assertEqual([tuple(x) for x in p], [(0, 0), (1, 0), (1, 1)])
         self.assertEqual([round(float(x), 3) for x in w], [1.0, 1.0, 0.8])
+
+
+class HybridTest(unittest.TestCase):
+    def test_fts_query_matches_the_server(self):
+        self.assertEqual(hybrid.fts_query("A place to SLEEP, sleep!"), '"place" OR "sleep"')
+        self.assertEqual(hybrid.fts_query("the"), '"the"')
+        self.assertIsNone(hybrid.fts_query("?!"))
+
+    def test_sparse_and_rrf(self):
+        sp = hybrid.Sparse(["dog", "", ""], ["a member of the genus canis", "the dogs barked", "salt water"], ["canine", "", ""])
+        self.assertEqual(sorted(sp.search("dogs", 5)), [0, 1])       # porter stemming: dogs -> dog
+        self.assertEqual(sp.search("dogs", 5, {0}), [1])
+        self.assertEqual(sp.search("canine", 5), [0])
+        # the same worked example as test/index/sparse-index.test.ts
+        self.assertEqual(hybrid.rrf([1, 2, 3], [3, 4], 1, 0.5, 10), [3, 1, 2, 4])
 
 
 class Bm25Test(unittest.TestCase):
@@ -110,22 +145,25 @@ class GeneratorTest(unittest.TestCase):
         self.assertEqual(gen.stem("flies"), "fly")
         self.assertEqual(gen.stem_phrase("hot dogs"), "hot dog")
 
-    def test_generate_counts(self):
-        """count = round(sum of calibrated probabilities), 0..10; no string twice."""
-        sc = gen.Scorer()
-        keys = [["a", "b", "c"], [], ["d"], [f"w{i}" for i in range(30)]]
-        X = [np.random.rand(len(k), gen.N_FEATURES).astype(np.float32) for k in keys]
-        with torch.no_grad():
-            for prm in sc.parameters():
-                prm.zero_()
-            sc.net[2].bias.fill_(20.0)  # p ~ 1 for every candidate
-        out = gen.generate(sc, keys, X, seed=0)
-        self.assertEqual([sorted(o) for o in out[:3]], [["a", "b", "c"], [], ["d"]])
-        self.assertEqual(len(out[3]), gen.MAX_PER_SYNSET)
-        self.assertEqual(len(set(out[3])), gen.MAX_PER_SYNSET)
-        with torch.no_grad():
-            sc.net[2].bias.fill_(-20.0)  # p ~ 0: the generator writes nothing
-        self.assertEqual(gen.generate(sc, keys, X, seed=0), [[], [], [], []])
+    def test_morphy_uses_the_exception_lists(self):
+        m = wn.Morphy()
+        self.assertEqual(m.base_forms("geese"), ["goose"])          # noun.exc
+        self.assertIn("run", m.base_forms("ran"))                   # verb.exc
+        self.assertIn("good", m.base_forms("better"))               # adj.exc
+        self.assertEqual(m.base_forms("dogs"), ["dog"])             # detachment rule
+        self.assertEqual(m.base_forms("zzzq"), [])
+
+    def test_candidates_from_examples_and_gloss(self):
+        b = wn.build()
+        m = wn.Morphy()
+        c = gen.candidates(b, b.label_index["02086723-n"], m)
+        self.assertEqual(c["bark"], 0)            # "barked" in the example, lemmatised
+        self.assertEqual(c["night"], 0)
+        self.assertEqual(c["common wolf"], 1)     # a gloss phrase
+        self.assertEqual(c["wolf"], 1)
+        self.assertNotIn("the", c)
+        self.assertNotIn("dog", [k for k, v in c.items() if v == 1 and k == "domestic dog"])
+
 
 if __name__ == "__main__":
     unittest.main()

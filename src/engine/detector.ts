@@ -3,11 +3,14 @@
  * manifest.json, tokenizer.json + vocab.txt), tokenises with the shared text tokenizer and runs it.
  *
  * The model is a CnC classifier (arXiv 2207.13916) with K in-distribution classes plus one OOD
- * class, trained with MDCA (arXiv 2203.13834) so that its softmax is calibrated. Per input:
- *   score      = probs[oodIndex]           (P(OOD); the gate compares it with tau: gated iff score > tau)
- *   label      = argmax over the K ID classes
- *   labelProb  = probs[label]              (the model's own softmax value: never renormalised after
- *                                           dropping the OOD class)
+ * class, trained with MDCA (arXiv 2203.13834). The graph has two softmax outputs. Per input:
+ *   score      = probs[oodIndex]           (P(OOD) of the K+1-way softmax; the gate compares it with
+ *                                           tau: gated iff score > tau)
+ *   label      = argmax of id_probs        (= argmax over the K ID classes)
+ *   labelProb  = id_probs[label]           (id_probs = softmax(logits[:K] / T): renormalised over the
+ *                                           K ID classes and temperature-scaled on validation inside
+ *                                           the graph, so what is served is what models/detector/EVAL.md
+ *                                           reports the ECE of)
  *
  * Batching: concurrent classify() calls are coalesced into one ORT run (up to maxBatch inputs; the
  * rest wait for the next run), with a bounded queue (ResourceExhaustedError when full). The graph is
@@ -15,11 +18,11 @@
  * thread (a worker round trip would cost more than the run; measured in test/engine/detector.test.ts
  * and reported in models/detector/EVAL.md).
  */
-import { sha256File } from '../checksum.js';
+import { sha256File } from '../common/checksum.js';
 import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { InvalidArgumentError, ResourceExhaustedError, UnavailableError } from '../errors.js';
+import { InvalidArgumentError, ResourceExhaustedError, UnavailableError } from '../common/errors.js';
 import { createSession, releaseSession, type CreatedSession, type OnnxConfig, type SessionLogger } from './session.js';
 import { TextTokenizer, splitWords } from './text-tokenizer.js';
 
@@ -37,6 +40,8 @@ export interface DetectorManifest {
   ood_index: number;
   num_outputs: number;
   temperature: number;
+  /** Temperature of id_probs (baked into the graph; recorded here). */
+  id_temperature?: number;
   preprocessing: { max_words: number; max_length: number; rule?: string };
   tau: number;
   tau_selection: Record<string, unknown>;
@@ -52,10 +57,12 @@ export interface DetectorOutput {
   /** Top in-distribution class (argmax over the K ID classes). */
   label: string;
   labelIndex: number;
-  /** The model's own softmax value of `label` (not renormalised). */
+  /** Calibrated P(label | input is in distribution): id_probs[label]. */
   labelProb: number;
-  /** The whole softmax, K+1 values (ID classes, then OOD at oodIndex). */
+  /** The whole K+1-way softmax (ID classes, then OOD at oodIndex). */
   probs: Float32Array;
+  /** The served label distribution over the K ID classes (renormalised, temperature-scaled). */
+  idProbs: Float32Array;
 }
 
 export interface DetectorLoadOptions {
@@ -163,9 +170,11 @@ export class Detector {
     const name = opts.name ?? `detector/${manifest.domain}`;
     const created = await createSession(join(root, manifest.model), opts.onnx, opts.logger, { name });
     const outs = created.session.outputNames;
-    if (!outs.includes('probs') || !created.session.inputNames.includes('input_ids') || !created.session.inputNames.includes('attention_mask')) {
+    if (!outs.includes('probs') || !outs.includes('id_probs') || !created.session.inputNames.includes('input_ids') || !created.session.inputNames.includes('attention_mask')) {
       await releaseSession(created);
-      throw new Error(`detector ${root}: graph must take input_ids/attention_mask and return probs (has ${created.session.inputNames} -> ${outs})`);
+      throw new Error(
+        `detector ${root}: graph must take input_ids/attention_mask and return probs and id_probs (has ${created.session.inputNames} -> ${outs}); regenerate with \`npm run models:detector\``,
+      );
     }
     return new Detector(root, manifest, tokenizer, created, opts);
   }
@@ -184,7 +193,7 @@ export class Detector {
         input_ids: new ort.Tensor('int64', enc.inputIds, dims),
         attention_mask: new ort.Tensor('int64', enc.attentionMask, dims),
       },
-      ['probs'],
+      ['probs', 'id_probs'],
     );
     const t2 = performance.now();
     this.stats.runs += 1;
@@ -193,14 +202,18 @@ export class Detector {
     this.stats.runMs += t2 - t1;
     this.onRun?.(texts.length, (t2 - t1) / 1000);
     const probs = out.probs.data as Float32Array;
+    const idProbs = out.id_probs.data as Float32Array;
     const c = this.numOutputs;
+    const k = this.oodIndex;
     if (probs.length !== texts.length * c) throw new Error(`${this.name}: probs has ${probs.length} values, expected ${texts.length} x ${c}`);
+    if (idProbs.length !== texts.length * k) throw new Error(`${this.name}: id_probs has ${idProbs.length} values, expected ${texts.length} x ${k}`);
     const res: DetectorOutput[] = [];
     for (let b = 0; b < texts.length; b++) {
       const row = probs.slice(b * c, (b + 1) * c);
+      const idRow = idProbs.slice(b * k, (b + 1) * k);
       let best = 0;
-      for (let j = 1; j < this.oodIndex; j++) if (row[j] > row[best]) best = j;
-      res.push({ score: row[this.oodIndex], label: this.classes[best], labelIndex: best, labelProb: row[best], probs: row });
+      for (let j = 1; j < k; j++) if (idRow[j] > idRow[best]) best = j;
+      res.push({ score: row[k], label: this.classes[best], labelIndex: best, labelProb: idRow[best], probs: row, idProbs: idRow });
     }
     return res;
   }

@@ -8,7 +8,7 @@
  * `tokenizer.json` (+ vocab.txt). Sessions come from the one factory (src/engine/session.ts), so
  * this works on the main thread and inside worker threads alike.
  */
-import { sha256Hex } from '../checksum.js';
+import { sha256Hex } from '../common/checksum.js';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';

@@ -17,9 +17,30 @@
 import { isMainThread } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import protobuf from 'protobufjs';
-import type { ExecutionProvider, OnnxConfig } from '../server/config.js';
 
-export type { ExecutionProvider, OnnxConfig } from '../server/config.js';
+export const EXECUTION_PROVIDERS = ['cuda', 'tensorrt', 'cpu'] as const;
+export type ExecutionProvider = (typeof EXECUTION_PROVIDERS)[number];
+export const GRAPH_OPT_LEVELS = ['disabled', 'basic', 'extended', 'layout', 'all'] as const;
+export type GraphOptimizationLevel = (typeof GRAPH_OPT_LEVELS)[number];
+
+/** ONNX Runtime options; plain data, so it can be posted to worker threads as is. */
+export interface OnnxConfig {
+  /** Tried in order; a provider whose libraries are missing falls back to CPU unless strict. */
+  providers: ExecutionProvider[];
+  /** Fail instead of falling back to CPU. */
+  strict: boolean;
+  graphOptimizationLevel: GraphOptimizationLevel;
+  /** 0 lets ONNX Runtime choose. */
+  intraOpThreads: number;
+  interOpThreads: number;
+  /** GPU ordinal for cuda/tensorrt. */
+  deviceId: number;
+  /** ORT CPU arena (enableCpuMemArena); absent = ORT's default (on). */
+  cpuMemArena?: boolean;
+  /** ORT memory pattern planning (enableMemPattern); absent = ORT's default (on). */
+  memPattern?: boolean;
+}
+
 
 /** The subset of a pino logger the factory uses (a pino Logger satisfies it). */
 export interface SessionLogger {
@@ -63,7 +84,7 @@ export class ExecutionProviderError extends Error {
     super(
       `execution provider "${provider}" cannot be loaded and onnx.strict is set: ${cause}` +
         (provider === 'cuda' || provider === 'tensorrt'
-          ? ' (install the provider libraries on a GPU host with `ONNXRUNTIME_NODE_INSTALL=cuda12 npm install`, or allow the CPU fallback with onnx.strict=false)'
+          ? ' (install the provider libraries on a GPU host with `npm run ort:cuda`, or allow the CPU fallback with onnx.strict=false)'
           : ''),
     );
     this.name = 'ExecutionProviderError';
@@ -143,6 +164,8 @@ function sessionOptionsFor(providers: readonly ExecutionProvider[], opts: OnnxCo
   };
   if (opts.intraOpThreads > 0) o.intraOpNumThreads = opts.intraOpThreads;
   if (opts.interOpThreads > 0) o.interOpNumThreads = opts.interOpThreads;
+  if (opts.cpuMemArena !== undefined) o.enableCpuMemArena = opts.cpuMemArena;
+  if (opts.memPattern !== undefined) o.enableMemPattern = opts.memPattern;
   return o;
 }
 
@@ -205,7 +228,7 @@ function warnFallback(provider: ExecutionProvider, reason: string, next: Executi
   const fields = { provider, fallback: next, reason };
   const msg =
     `execution provider "${provider}" is not available (${reason}); using "${next}" instead. ` +
-    'On a GPU host install the CUDA provider with `ONNXRUNTIME_NODE_INSTALL=cuda12 npm install`; set onnx.strict=true to fail instead.';
+    'On a GPU host install the CUDA provider with `npm run ort:cuda`; set onnx.strict=true to fail instead.';
   if (!logger) {
     if (isMainThread) process.emitWarning(msg, { code: 'CATSKIM_EP_FALLBACK' });
     return;

@@ -13,11 +13,12 @@
  * in one synchronous step, so within one thread no other search can run in between; that is why
  * each index lives in exactly one worker thread (src/server/search/worker.ts).
  */
-import { createHash, randomBytes } from 'node:crypto';
-import { sha256File, sha256Hex } from '../checksum.js';
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { dirname, join, basename } from 'node:path';
-import hnswlib from 'hnswlib-node';
+import { createHash } from 'node:crypto';
+import { sha256File, sha256Hex } from '../common/checksum.js';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { writeDirAtomic } from './atomic-dir.js';
+import { hnswlib } from './hnswlib.js';
 
 const { HierarchicalNSW } = hnswlib;
 type HNSW = InstanceType<typeof HierarchicalNSW>;
@@ -140,21 +141,13 @@ export class VectorIndex {
 
   /** Write atomically into `dir` (temp directory + rename). */
   save(dir: string, meta: { model: string; encoderSha256: string; labelsSha256: string; buildSeconds: number }): IndexManifest {
-    const parent = dirname(dir);
-    mkdirSync(parent, { recursive: true });
-    const tag = `${process.pid}-${randomBytes(4).toString('hex')}`;
-    const tmp = join(parent, `.${basename(dir)}.tmp-${tag}`);
-    mkdirSync(tmp);
-    try {
-      const idxPath = join(tmp, 'index.hnsw');
-      this.hnsw.writeIndexSync(idxPath);
-      const vecPath = join(tmp, 'vectors.f32');
+    return writeDirAtomic(dir, (tmp) => {
+      this.hnsw.writeIndexSync(join(tmp, 'index.hnsw'));
       const vec = this.vectors.subarray(0, this.used * this.dim);
-      writeFileSync(vecPath, new Uint8Array(vec.buffer, vec.byteOffset, vec.byteLength));
+      writeFileSync(join(tmp, 'vectors.f32'), new Uint8Array(vec.buffer, vec.byteOffset, vec.byteLength));
       const files: IndexManifest['files'] = {};
       for (const f of ['index.hnsw', 'vectors.f32']) {
-        const p = join(tmp, f);
-        const bytes = readFileSync(p);
+        const bytes = readFileSync(join(tmp, f));
         files[f] = { bytes: bytes.length, sha256: sha256Hex(bytes) };
       }
       const manifest: IndexManifest = {
@@ -173,23 +166,8 @@ export class VectorIndex {
         buildSeconds: meta.buildSeconds,
       };
       writeFileSync(join(tmp, 'manifest.json'), JSON.stringify(manifest, null, 1));
-      for (const f of ['index.hnsw', 'vectors.f32', 'manifest.json']) {
-        const fd = openSync(join(tmp, f), 'r');
-        fsyncSync(fd);
-        closeSync(fd);
-      }
-      let old: string | undefined;
-      if (existsSync(dir)) {
-        old = join(parent, `.${basename(dir)}.old-${tag}`);
-        renameSync(dir, old);
-      }
-      renameSync(tmp, dir);
-      if (old) rmSync(old, { recursive: true, force: true });
       return manifest;
-    } catch (e) {
-      rmSync(tmp, { recursive: true, force: true });
-      throw e;
-    }
+    });
   }
 
   /** Read the manifest only (undefined when there is no index in `dir`). */
@@ -341,6 +319,19 @@ export class VectorIndex {
       scores[i] = 1 - res.distances[i];
     }
     return { slots, scores, method: 'hnsw', ef };
+  }
+
+  /** Cosine (inner product) of `query` with each slot's vector: the score every search mode reports. */
+  scoresOf(query: Float32Array, slots: ArrayLike<number>): Float32Array {
+    const d = this.dim;
+    const out = new Float32Array(slots.length);
+    for (let i = 0; i < slots.length; i++) {
+      const o = slots[i] * d;
+      let dot = 0;
+      for (let j = 0; j < d; j++) dot += this.vectors[o + j] * query[j];
+      out[i] = dot;
+    }
+    return out;
   }
 
   /** Brute force over every alive (and matching) slot. */

@@ -29,6 +29,12 @@ export class Admission {
     };
   }
 
+  /** Why the server takes no more work now ("saturated: ..."), or undefined while it does. */
+  saturation(): string | undefined {
+    if (this.inFlight < this.maxInFlight) return undefined;
+    return `saturated: ${this.inFlight}/${this.maxInFlight} requests and calls in flight (admission.maxInFlight)`;
+  }
+
   get current(): number {
     return this.inFlight;
   }

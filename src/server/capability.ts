@@ -2,16 +2,35 @@ import type { FastifyInstance } from 'fastify';
 import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
+import type { ExperimentsLink } from '../serving/experiments/router.js';
+import type { Gate } from '../serving/gate/gate.js';
+import type { Shedder } from '../serving/admission/queue.js';
+import type { Reloader } from '../serving/reload.js';
+import type { ServerRuntime } from './runtime.js';
+import type { SharedState } from '../serving/state/types.js';
 
 /**
- * What the server hands every capability (generation, search, detector, experiments).
- * `config` is the whole validated config; each capability reads its own section.
+ * What the server hands every capability (generation, search, detector, experiments), built once
+ * by startServer: everything a capability uses is here, wired at construction (no look-ups keyed
+ * on the registry). `config` is the whole validated config; each capability reads its own section.
  */
 export interface CapabilityContext<C = unknown> {
   readonly config: C;
   readonly logger: Logger;
   /** The one Prometheus registry; create metrics with `registers: [ctx.registry]`. */
   readonly registry: Registry;
+  /** Process state shared by the transports (readiness, admission, transport metrics, gRPC call wrappers). */
+  readonly runtime: ServerRuntime;
+  /** The server's OOD gate (the detector capability loads and warms it up). */
+  readonly gate: Gate;
+  /** The server's A/B router; the experiments capability fills it when it is constructed. */
+  readonly experiments: ExperimentsLink;
+  /** Admission by expected queue wait, one queue per route kind (services take theirs). */
+  readonly shedder: Shedder;
+  /** Hot reload: services register what they can load again from disk. */
+  readonly reloader: Reloader;
+  /** Shared state for many replicas (`state.url`: PostgreSQL); undefined = the embedded SQLite/JSON files. */
+  readonly state?: SharedState;
 }
 
 /**

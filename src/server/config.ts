@@ -12,17 +12,19 @@ import { existsSync, readFileSync } from 'node:fs';
 import { dirname, extname, isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse as parseYaml } from 'yaml';
-import { ConfigError, SectionReader, type ConfigSection } from './config-schema.js';
-import { generationConfigSection, type GenerationConfig } from './generation/config.js';
-import { detectorConfigSection, type DetectorConfig } from './gate/config.js';
-import { searchConfigSection, type SearchConfig } from './search/config.js';
-import { experimentsConfigSection, type ExperimentsConfig } from './experiments/config.js';
+import { ConfigError, SectionReader, defineSection, describeSection, key, type ConfigSection } from '../common/config-schema.js';
+import { generationConfigSection, type GenerationConfig } from '../serving/generation/config.js';
+import { detectorConfigSection, type DetectorConfig } from '../serving/gate/config.js';
+import { searchConfigSection, type SearchConfig } from '../serving/search/config.js';
+import { experimentsConfigSection, type ExperimentsConfig } from '../serving/experiments/config.js';
+import { sheddingConfigSection, type SheddingConfig } from '../serving/admission/config.js';
+import { stateConfigSection, type StateConfig } from '../serving/state/config.js';
 
-export { ConfigError, SectionReader, type ConfigSection } from './config-schema.js';
+export { ConfigError, SectionReader, type ConfigSection } from '../common/config-schema.js';
 
 // ---------------------------------------------------------------------------------------------
 // CAPABILITY SECTIONS. To add one (e.g. generation):
-//   import { generationConfigSection, type GenerationConfig } from './generation/config.js';
+//   import { generationConfigSection, type GenerationConfig } from '../serving/generation/config.js';
 //   interface ConfigSections { generation: GenerationConfig }      (one line below)
 //   CONFIG_SECTIONS: generationConfigSection,                         (one line below)
 // ---------------------------------------------------------------------------------------------
@@ -32,6 +34,8 @@ export interface ConfigSections {
   search: SearchConfig;
   detector: DetectorConfig;
   experiments: ExperimentsConfig;
+  shedding: SheddingConfig;
+  state: StateConfig;
 }
 
 export const CONFIG_SECTIONS: ReadonlyArray<ConfigSection<unknown>> = [
@@ -39,30 +43,16 @@ export const CONFIG_SECTIONS: ReadonlyArray<ConfigSection<unknown>> = [
   searchConfigSection as ConfigSection<unknown>,
   detectorConfigSection as ConfigSection<unknown>,
   experimentsConfigSection as ConfigSection<unknown>,
+  sheddingConfigSection as ConfigSection<unknown>,
+  stateConfigSection as ConfigSection<unknown>,
 ];
 // ------------------------------------- end of sections ---------------------------------------
 
+import { EXECUTION_PROVIDERS, GRAPH_OPT_LEVELS, type ExecutionProvider, type OnnxConfig } from '../engine/session.js';
+export { EXECUTION_PROVIDERS, GRAPH_OPT_LEVELS, type ExecutionProvider, type GraphOptimizationLevel, type OnnxConfig } from '../engine/session.js';
+
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
-export const EXECUTION_PROVIDERS = ['cuda', 'tensorrt', 'cpu'] as const;
-export type ExecutionProvider = (typeof EXECUTION_PROVIDERS)[number];
-export const GRAPH_OPT_LEVELS = ['disabled', 'basic', 'extended', 'layout', 'all'] as const;
-export type GraphOptimizationLevel = (typeof GRAPH_OPT_LEVELS)[number];
-
-/** ONNX Runtime options; plain data, so it can be posted to worker threads as is. */
-export interface OnnxConfig {
-  /** Tried in order; a provider whose libraries are missing falls back to CPU unless strict. */
-  providers: ExecutionProvider[];
-  /** Fail instead of falling back to CPU. */
-  strict: boolean;
-  graphOptimizationLevel: GraphOptimizationLevel;
-  /** 0 lets ONNX Runtime choose. */
-  intraOpThreads: number;
-  interOpThreads: number;
-  /** GPU ordinal for cuda/tensorrt. */
-  deviceId: number;
-}
-
 export interface CoreConfig {
   host: string;
   httpPort: number;
@@ -77,6 +67,10 @@ export interface CoreConfig {
     /** Time between readiness going false and closing listeners (lets load balancers notice). */
     preStopDelayMs: number;
   };
+  admin: {
+    /** Bearer token for /v1/admin/models/:name/reload; '' = that API is off. */
+    token: string;
+  };
   admission: {
     /** Concurrent non-probe HTTP requests + gRPC calls; over it: 429 / RESOURCE_EXHAUSTED. */
     maxInFlight: number;
@@ -86,12 +80,22 @@ export interface CoreConfig {
   http: {
     bodyLimitBytes: number;
     keepAliveTimeoutMs: number;
+    /** Whole request head (request line + headers) must arrive within this; else 408. */
+    headersTimeoutMs: number;
+    /** Whole request (head + body) must arrive within this; else 408. */
+    requestTimeoutMs: number;
+    /** A socket with no traffic either way for this long is closed (0 = never). */
+    idleTimeoutMs: number;
     /** Serve the OpenAPI document of every route at /openapi.json. */
     openapi: boolean;
   };
   grpc: {
     maxReceiveMessageBytes: number;
     maxSendMessageBytes: number;
+    /** Concurrent calls (HTTP/2 streams) one connection may have; more wait in the client. */
+    maxConcurrentStreams: number;
+    /** A connection with no call for this long is closed. */
+    maxConnectionIdleMs: number;
   };
 }
 
@@ -124,95 +128,96 @@ function findPackageRoot(start: string): string {
 /** Directory of the .proto files (proto/ at the package root). */
 export const PROTO_DIR = join(PACKAGE_ROOT, 'proto');
 
-// --- the core keys: [dotted key, env var, flag, default (text), description] ----------------
-const CORE_KEYS: ReadonlyArray<readonly [string, string | null, string | null, string, string]> = [
-  ['host', 'CATSKIM_HOST', '--host', '127.0.0.1', 'address both listeners bind (0.0.0.0 in the container)'],
-  ['httpPort', 'CATSKIM_HTTP_PORT', '--http-port', '8080', 'HTTP port (0 = ephemeral; the bound port is logged)'],
-  ['grpcPort', 'CATSKIM_GRPC_PORT', '--grpc-port', '50051', 'gRPC port (0 = ephemeral; the bound port is logged)'],
-  ['modelsDir', 'CATSKIM_MODELS_DIR', '--models-dir', '<package>/models', 'models directory (relative paths: to cwd, or to the config file)'],
-  ['logLevel', 'CATSKIM_LOG_LEVEL', '--log-level', 'info', LOG_LEVELS.join('|')],
-  ['onnx.providers', 'CATSKIM_ONNX_PROVIDERS', '--providers', 'cuda,cpu', `execution providers in order (${EXECUTION_PROVIDERS.join(', ')})`],
-  ['onnx.strict', 'CATSKIM_ONNX_STRICT', '--strict', 'false', 'fail start-up when a requested provider cannot load (no CPU fallback)'],
-  ['onnx.graphOptimizationLevel', 'CATSKIM_ONNX_GRAPH_OPT', '--graph-opt', 'all', GRAPH_OPT_LEVELS.join('|')],
-  ['onnx.intraOpThreads', 'CATSKIM_ONNX_INTRA_OP_THREADS', '--intra-op-threads', '1', 'threads inside one operator (0 = ORT default)'],
-  ['onnx.interOpThreads', 'CATSKIM_ONNX_INTER_OP_THREADS', '--inter-op-threads', '1', 'threads across operators (0 = ORT default)'],
-  ['onnx.deviceId', 'CATSKIM_ONNX_DEVICE_ID', '--device-id', '0', 'GPU ordinal for cuda/tensorrt'],
-  ['shutdown.drainTimeoutMs', 'CATSKIM_DRAIN_TIMEOUT_MS', '--drain-timeout-ms', '30000', 'max wait for in-flight work on SIGTERM/SIGINT'],
-  ['shutdown.preStopDelayMs', 'CATSKIM_PRESTOP_DELAY_MS', null, '0', 'delay between readiness=false and closing listeners'],
-  ['admission.maxInFlight', 'CATSKIM_MAX_IN_FLIGHT', '--max-in-flight', '1024', 'concurrent requests/calls before 429 / RESOURCE_EXHAUSTED'],
-  ['admission.retryAfterSeconds', 'CATSKIM_RETRY_AFTER_SECONDS', null, '1', 'Retry-After sent when over the limit'],
-  ['http.bodyLimitBytes', 'CATSKIM_HTTP_BODY_LIMIT', null, '1048576', 'largest accepted request body'],
-  ['http.keepAliveTimeoutMs', 'CATSKIM_HTTP_KEEPALIVE_MS', null, '72000', 'idle keep-alive (keep above your load balancer\'s)'],
-  ['http.openapi', 'CATSKIM_HTTP_OPENAPI', null, 'true', 'serve GET /openapi.json'],
-  ['grpc.maxReceiveMessageBytes', 'CATSKIM_GRPC_MAX_RECV', null, '4194304', 'largest accepted gRPC message'],
-  ['grpc.maxSendMessageBytes', 'CATSKIM_GRPC_MAX_SEND', null, '16777216', 'largest sent gRPC message'],
-];
+// --- the core keys (the root of the config file) ------------------------------------------------
+const coreConfigSection: ConfigSection<CoreConfig> = defineSection(
+  '',
+  [
+    key.string('host', '127.0.0.1', 'address both listeners bind (0.0.0.0 in the container)', {
+      env: 'CATSKIM_HOST',
+      flag: '--host',
+      nonEmpty: true,
+      pattern: /^[A-Za-z0-9.:\-_[\]%]+$/,
+      patternText: 'must be a hostname or an IPv4/IPv6 address (e.g. 127.0.0.1, 0.0.0.0, ::)',
+    }),
+    key.int('httpPort', 8080, 0, 65535, 'HTTP port (0 = ephemeral; the bound port is logged)', { env: 'CATSKIM_HTTP_PORT', flag: '--http-port' }),
+    key.int('grpcPort', 50051, 0, 65535, 'gRPC port (0 = ephemeral; the bound port is logged)', { env: 'CATSKIM_GRPC_PORT', flag: '--grpc-port' }),
+    key.custom('modelsDir', '', 'models directory (relative paths: to cwd, or to the config file)', (r, n) => resolve(r.string(n, join(PACKAGE_ROOT, 'models'), { nonEmpty: true })), {
+      env: 'CATSKIM_MODELS_DIR',
+      flag: '--models-dir',
+      shownDefault: '<package>/models',
+    }),
+    key.oneOf('logLevel', 'info', LOG_LEVELS, 'log level', { env: 'CATSKIM_LOG_LEVEL', flag: '--log-level' }),
+    key.custom('onnx.providers', ['cuda', 'cpu'], 'execution providers in order', (r, n) => r.stringList(n, ['cuda', 'cpu'], { allowed: EXECUTION_PROVIDERS, nonEmpty: true, unique: true }) as ExecutionProvider[], {
+      env: 'CATSKIM_ONNX_PROVIDERS',
+      flag: '--providers',
+      range: `list of ${EXECUTION_PROVIDERS.join(', ')}`,
+    }),
+    key.bool('onnx.strict', false, 'fail start-up when a requested provider cannot load (no CPU fallback)', { env: 'CATSKIM_ONNX_STRICT', flag: '--strict' }),
+    key.oneOf('onnx.graphOptimizationLevel', 'all', GRAPH_OPT_LEVELS, 'ONNX Runtime graph optimisations', { env: 'CATSKIM_ONNX_GRAPH_OPT', flag: '--graph-opt' }),
+    key.int('onnx.intraOpThreads', 1, 0, 1024, 'threads inside one operator (0 = ORT default)', { env: 'CATSKIM_ONNX_INTRA_OP_THREADS', flag: '--intra-op-threads' }),
+    key.int('onnx.interOpThreads', 1, 0, 1024, 'threads across operators (0 = ORT default)', { env: 'CATSKIM_ONNX_INTER_OP_THREADS', flag: '--inter-op-threads' }),
+    key.int('onnx.deviceId', 0, 0, 1023, 'GPU ordinal for cuda/tensorrt', { env: 'CATSKIM_ONNX_DEVICE_ID', flag: '--device-id' }),
+    key.bool('onnx.cpuMemArena', true, "ORT's CPU arena: keeps each session's peak tensor memory for reuse (false: allocate per run, RSS falls back after a burst)", { env: 'CATSKIM_ONNX_CPU_MEM_ARENA' }),
+    key.bool('onnx.memPattern', true, "ORT's memory pattern: plans one block per input shape seen (false: no per-shape plans kept)", { env: 'CATSKIM_ONNX_MEM_PATTERN' }),
+    key.int('shutdown.drainTimeoutMs', 30_000, 0, 3_600_000, 'max wait for in-flight work on SIGTERM/SIGINT', { env: 'CATSKIM_DRAIN_TIMEOUT_MS', flag: '--drain-timeout-ms' }),
+    key.int('shutdown.preStopDelayMs', 0, 0, 600_000, 'delay between readiness=false and closing listeners', { env: 'CATSKIM_PRESTOP_DELAY_MS' }),
+    key.int('admission.maxInFlight', 1024, 1, 1_000_000, 'concurrent requests/calls before 429 / RESOURCE_EXHAUSTED', { env: 'CATSKIM_MAX_IN_FLIGHT', flag: '--max-in-flight' }),
+    key.int('admission.retryAfterSeconds', 1, 0, 3600, 'Retry-After sent when over the limit', { env: 'CATSKIM_RETRY_AFTER_SECONDS' }),
+    key.string('admin.token', '', 'bearer token for POST /v1/admin/models/:name/reload (empty = off; else at least 16 characters)', { env: 'CATSKIM_ADMIN_TOKEN' }),
+    key.int('http.bodyLimitBytes', 1 << 20, 1024, 1 << 30, 'largest accepted request body', { env: 'CATSKIM_HTTP_BODY_LIMIT' }),
+    key.int('http.keepAliveTimeoutMs', 72_000, 0, 3_600_000, "idle keep-alive (keep above your load balancer's)", { env: 'CATSKIM_HTTP_KEEPALIVE_MS' }),
+    key.bool('http.openapi', true, 'serve GET /openapi.json', { env: 'CATSKIM_HTTP_OPENAPI' }),
+    // slow clients (issue 16)
+    key.int('http.headersTimeoutMs', 10_000, 100, 3_600_000, 'request line + headers must arrive within this (else 408)', { env: 'CATSKIM_HTTP_HEADERS_TIMEOUT_MS' }),
+    key.int('http.requestTimeoutMs', 30_000, 100, 3_600_000, 'whole request, body included, must arrive within this (else 408)', { env: 'CATSKIM_HTTP_REQUEST_TIMEOUT_MS' }),
+    key.int('http.idleTimeoutMs', 120_000, 0, 86_400_000, 'close a socket silent both ways this long (0 = never)', { env: 'CATSKIM_HTTP_IDLE_TIMEOUT_MS' }),
+    key.int('grpc.maxReceiveMessageBytes', 4 << 20, 1024, 1 << 30, 'largest accepted gRPC message', { env: 'CATSKIM_GRPC_MAX_RECV' }),
+    key.int('grpc.maxSendMessageBytes', 16 << 20, 1024, 1 << 30, 'largest sent gRPC message', { env: 'CATSKIM_GRPC_MAX_SEND' }),
+    key.int('grpc.maxConcurrentStreams', 128, 1, 1_000_000, 'concurrent calls per connection (more wait in the client)', { env: 'CATSKIM_GRPC_MAX_STREAMS' }),
+    key.int('grpc.maxConnectionIdleMs', 300_000, 1000, 86_400_000, 'close a connection with no call for this long', { env: 'CATSKIM_GRPC_IDLE_TIMEOUT_MS' }),
+  ],
+  (v, r) => {
+    const c = v as unknown as CoreConfig;
+    // Node requires the headers timeout not to exceed the request timeout
+    if (c.admin.token !== '' && c.admin.token.length < 16) r.child('admin').fail('token', '<redacted>', 'must be at least 16 characters (or empty to turn the reload API off)');
+    if (c.http.headersTimeoutMs > c.http.requestTimeoutMs) r.child('http').fail('headersTimeoutMs', c.http.headersTimeoutMs, `must not exceed http.requestTimeoutMs (${c.http.requestTimeoutMs})`);
+    return c;
+  },
+);
+
+/** The core keys, then every capability section. */
+const ALL_SECTIONS: ReadonlyArray<ConfigSection<unknown>> = [coreConfigSection as ConfigSection<unknown>, ...CONFIG_SECTIONS];
 
 /** Rows for --help and the README: [key, env var, flag, default, description]. */
 export function describeConfig(): Array<[string, string, string, string, string]> {
-  const rows: Array<[string, string, string, string, string]> = CORE_KEYS.map(([k, e, f, d, t]) => [k, e ?? '', f ?? '', d, t]);
-  for (const s of CONFIG_SECTIONS) {
-    const envByKey = new Map(Object.entries(s.env ?? {}).map(([env, key]) => [key, env]));
-    for (const [k, d, t] of s.describe ?? []) rows.push([`${s.name}.${k}`, envByKey.get(k) ?? '', '', d, t]);
+  return ALL_SECTIONS.flatMap((s) => describeSection(s));
+}
+
+/** The README's configuration table (between its config-table markers; test/server/config-doc.test.ts keeps it current). */
+export function configMarkdown(): string {
+  const cell = (x: string) => (x ? `\`${x.replace(/\|/g, '\\|')}\`` : '');
+  const text = (x: string) => x.replace(/\|/g, '\\|');
+  return [
+    '| key | env | flag | default | meaning |',
+    '|---|---|---|---|---|',
+    ...describeConfig().map(([k, e, f, d, t]) => `| ${cell(k)} | ${cell(e)} | ${cell(f)} | ${cell(d)} | ${text(t)} |`),
+  ].join('\n');
+}
+
+/** Every declared key: env var -> dotted key, flag -> dotted key. */
+function keyIndex(): { env: Map<string, string>; flags: Map<string, string> } {
+  const env = new Map<string, string>();
+  const flags = new Map<string, string>();
+  for (const s of ALL_SECTIONS) {
+    for (const k of s.keys) {
+      const full = s.name ? `${s.name}.${k.key}` : k.key;
+      if (k.env) env.set(k.env, full);
+      if (k.flag) flags.set(k.flag, full);
+    }
   }
-  return rows;
+  return { env, flags };
 }
 
-// --- validation ---------------------------------------------------------------------------------
-
-function validateCore(root: SectionReader, defaultModelsDir: string): CoreConfig {
-  const onnx = root.child('onnx');
-  onnx.allowOnly(['providers', 'strict', 'graphOptimizationLevel', 'intraOpThreads', 'interOpThreads', 'deviceId']);
-  const shutdown = root.child('shutdown');
-  shutdown.allowOnly(['drainTimeoutMs', 'preStopDelayMs']);
-  const admission = root.child('admission');
-  admission.allowOnly(['maxInFlight', 'retryAfterSeconds']);
-  const http = root.child('http');
-  http.allowOnly(['bodyLimitBytes', 'keepAliveTimeoutMs', 'openapi']);
-  const grpc = root.child('grpc');
-  grpc.allowOnly(['maxReceiveMessageBytes', 'maxSendMessageBytes']);
-
-  const host = root.string('host', '127.0.0.1', {
-    nonEmpty: true,
-    pattern: /^[A-Za-z0-9.:\-_[\]%]+$/,
-    patternText: 'must be a hostname or an IPv4/IPv6 address (e.g. 127.0.0.1, 0.0.0.0, ::)',
-  });
-  const modelsDirRaw = root.string('modelsDir', defaultModelsDir, { nonEmpty: true });
-  return {
-    host,
-    httpPort: root.int('httpPort', 8080, { min: 0, max: 65535 }),
-    grpcPort: root.int('grpcPort', 50051, { min: 0, max: 65535 }),
-    modelsDir: resolve(modelsDirRaw),
-    logLevel: root.oneOf('logLevel', 'info', LOG_LEVELS),
-    onnx: {
-      providers: onnx.stringList('providers', ['cuda', 'cpu'], { allowed: EXECUTION_PROVIDERS, nonEmpty: true, unique: true }) as ExecutionProvider[],
-      strict: onnx.bool('strict', false),
-      graphOptimizationLevel: onnx.oneOf('graphOptimizationLevel', 'all', GRAPH_OPT_LEVELS),
-      intraOpThreads: onnx.int('intraOpThreads', 1, { min: 0, max: 1024 }),
-      interOpThreads: onnx.int('interOpThreads', 1, { min: 0, max: 1024 }),
-      deviceId: onnx.int('deviceId', 0, { min: 0, max: 1023 }),
-    },
-    shutdown: {
-      drainTimeoutMs: shutdown.int('drainTimeoutMs', 30_000, { min: 0, max: 3_600_000 }),
-      preStopDelayMs: shutdown.int('preStopDelayMs', 0, { min: 0, max: 600_000 }),
-    },
-    admission: {
-      maxInFlight: admission.int('maxInFlight', 1024, { min: 1, max: 1_000_000 }),
-      retryAfterSeconds: admission.int('retryAfterSeconds', 1, { min: 0, max: 3600 }),
-    },
-    http: {
-      bodyLimitBytes: http.int('bodyLimitBytes', 1 << 20, { min: 1024, max: 1 << 30 }),
-      keepAliveTimeoutMs: http.int('keepAliveTimeoutMs', 72_000, { min: 0, max: 3_600_000 }),
-      openapi: http.bool('openapi', true),
-    },
-    grpc: {
-      maxReceiveMessageBytes: grpc.int('maxReceiveMessageBytes', 4 << 20, { min: 1024, max: 1 << 30 }),
-      maxSendMessageBytes: grpc.int('maxSendMessageBytes', 16 << 20, { min: 1024, max: 1 << 30 }),
-    },
-  };
-}
-
-const CORE_TOP_KEYS = ['host', 'httpPort', 'grpcPort', 'modelsDir', 'logLevel', 'onnx', 'shutdown', 'admission', 'http', 'grpc'];
 
 // --- layers -------------------------------------------------------------------------------------
 
@@ -282,7 +287,7 @@ const BOOLEAN_FLAGS = new Set(['--strict', '--help', '-h', '--version', '--print
 
 /** Parse command-line flags (`--flag value`, `--flag=value`, `--set a.b=c`). */
 export function parseArgs(argv: readonly string[]): ParsedArgs {
-  const flagToKey = new Map(CORE_KEYS.filter((r) => r[2]).map((r) => [r[2] as string, r[0]]));
+  const flagToKey = keyIndex().flags;
   const out: ParsedArgs = { layer: {}, sources: new Map(), help: false, version: false, printConfig: false };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
@@ -334,8 +339,7 @@ function envLayer(env: Readonly<Record<string, string | undefined>>, sources: Ma
     setPath(layer, key, v);
     sources.set(key, `env ${name}`);
   };
-  for (const [key, name] of CORE_KEYS.map((r) => [r[0], r[1]] as const)) if (name) add(name, key);
-  for (const s of CONFIG_SECTIONS) for (const [name, key] of Object.entries(s.env ?? {})) add(name, `${s.name}.${key}`);
+  for (const [name, key] of keyIndex().env) add(name, key);
   return layer;
 }
 
@@ -376,8 +380,9 @@ export function loadConfigDetailed(opts: LoadConfigOptions = {}): { config: Conf
   if (opts.overrides) mergeInto(merged, opts.overrides as Tree, sources, 'override');
 
   const root = SectionReader.of('', merged, sources);
-  root.allowOnly([...CORE_TOP_KEYS, ...CONFIG_SECTIONS.map((s) => s.name)]);
-  const core = validateCore(root, join(PACKAGE_ROOT, 'models'));
+  const coreTop = [...new Set(coreConfigSection.keys.map((k) => k.key.split('.')[0]!))];
+  root.allowOnly([...coreTop, ...CONFIG_SECTIONS.map((s) => s.name)]);
+  const core = coreConfigSection.validate(SectionReader.of('', Object.fromEntries(Object.entries(merged).filter(([k]) => coreTop.includes(k))), sources));
   const config: Record<string, unknown> = { ...core };
   for (const s of CONFIG_SECTIONS) config[s.name] = s.validate(root.child(s.name));
   return { config: config as unknown as Config, args, configFile: configFile && resolve(configFile) };
@@ -389,7 +394,9 @@ export function helpText(version: string): string {
   const lines = [
     `catskim ${version}: CAT generation and SKIM search over HTTP and gRPC`,
     '',
-    'usage: catskim [--config file.yaml] [flags]',
+    'usage: catskim [--config file.yaml] [flags]          start the server',
+    '       catskim generate "prompt" [--chunk-size 8]    generate from a running server (catskim generate --help)',
+    '       catskim experiment report [options]          the A/B experiment report (catskim experiment report --help)',
     '',
     'Precedence: defaults < config file (--config / CATSKIM_CONFIG) < env < flags.',
     'Any key: --set section.key=value (e.g. --set onnx.intraOpThreads=2).',

@@ -10,7 +10,6 @@ import type { Capability, CapabilityContext, CapabilityFactory } from './capabil
 import type { Config } from './config.js';
 import { errorResponses } from './http.js';
 import { grpcHandlers, loadProto, serviceDefinition } from './grpc.js';
-import { getRuntime } from './runtime.js';
 
 export const SERVER_PROTO = 'catskim/v1/server.proto';
 
@@ -24,22 +23,25 @@ export interface ServerInfo {
   provider: string;
   capabilities: Array<{ name: string; ready: boolean; reason: string; services: string[] }>;
   sessions: Array<{ model: string; provider: string; requestedProviders: string[]; fellBack: boolean; loadMs: number }>;
+  /** What serves now and its version (hot reload, issue 16). */
+  models: Array<{ kind: string; name: string; version: string; loadedAt: string; reloads: number }>;
 }
 
 export function serverInfo(ctx: CapabilityContext<Config>): ServerInfo {
-  const rt = getRuntime(ctx.registry);
-  const readiness = rt?.readiness;
-  const caps = readiness?.capabilities() ?? {};
+  const rt = ctx.runtime;
+  const readiness = rt.readiness;
+  const caps = readiness.capabilities();
   return {
-    version: rt?.version ?? 'dev',
+    version: rt.version,
     nodeVersion: process.version,
     onnxruntimeVersion: ort.env.versions?.node ?? 'unknown',
-    ready: readiness?.isReady() ?? false,
-    notReadyReason: readiness?.reason() ?? '',
+    ready: readiness.isReady(),
+    notReadyReason: readiness.reason() ?? '',
     requestedProviders: [...ctx.config.onnx.providers],
-    provider: rt?.probe?.provider ?? '',
-    capabilities: Object.entries(caps).map(([name, s]) => ({ name, ready: s.ready, reason: s.reason ?? '', services: rt?.services.get(name) ?? [] })),
+    provider: rt.probe?.provider ?? '',
+    capabilities: Object.entries(caps).map(([name, s]) => ({ name, ready: s.ready, reason: s.reason ?? '', services: rt.services.get(name) ?? [] })),
     sessions: listSessions().map((s) => ({ model: s.name, provider: s.provider, requestedProviders: [...s.requested], fellBack: s.fellBack, loadMs: s.loadMs })),
+    models: rt.reloader.list(),
   };
 }
 
@@ -71,6 +73,13 @@ const infoSchema = {
           fellBack: { type: 'boolean' },
           loadMs: { type: 'number' },
         },
+      },
+    },
+    models: {
+      type: 'array',
+      items: {
+        type: 'object',
+        properties: { kind: { type: 'string' }, name: { type: 'string' }, version: { type: 'string' }, loadedAt: { type: 'string' }, reloads: { type: 'integer' } },
       },
     },
   },

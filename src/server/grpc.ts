@@ -4,12 +4,12 @@
  *
  * For capabilities (inside registerGrpc):
  *   const def = loadProto('catskim/v1/generation.proto');
- *   const h = grpcHandlers(ctx);                       // ctx: the CapabilityContext
+ *   const h = grpcHandlers(ctx);                       // ctx: the CapabilityContext (ctx.runtime.grpc)
  *   server.addService(serviceDefinition(def, 'catskim.v1.Generation'), {
  *     Generate: h.serverStream(async (req, call, cx) => { ... call.write(msg) ... }),
  *     Info: h.unary(async (req, cx) => ({ ... })),
  *   });
- * Throw src/errors.ts errors; they become INVALID_ARGUMENT, RESOURCE_EXHAUSTED (+ retry-after),
+ * Throw src/common/errors.ts errors; they become INVALID_ARGUMENT, RESOURCE_EXHAUSTED (+ retry-after),
  * FAILED_PRECONDITION, ... Use cx.signal (aborted on client cancel or deadline), cx.logger (has
  * the request id) and cx.deadline.
  */
@@ -19,12 +19,13 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import type { Logger } from 'pino';
-import type { Registry } from 'prom-client';
-import { CancelledError, DeadlineExceededError, isCatskimError, type ErrorCode } from '../errors.js';
-import type { Capability } from './capability.js';
+import { CancelledError, DeadlineExceededError, NotFoundError, isCatskimError, type ErrorCode } from '../common/errors.js';
 import { PROTO_DIR } from './config.js';
-import { getTransportMetrics, type TransportMetrics } from './metrics.js';
-import { getRuntime, type ServerRuntime } from './runtime.js';
+import type { TransportMetrics } from './metrics.js';
+import type { Admission } from './admission.js';
+import type { Config } from './config.js';
+import type { Readiness } from './readiness.js';
+import { answerUndecodableRequests, asciiMetadataValue, wellFormed } from './grpc-guard.js';
 
 export const HEALTH_PROTO = 'grpc/health/v1/health.proto';
 export const HEALTH_SERVICE = 'grpc.health.v1.Health';
@@ -82,6 +83,15 @@ export type GrpcError = grpc.ServiceError & { code: grpc.status; details: string
  * not CatskimErrors become INTERNAL "internal error" (the caller logs them).
  */
 export function toGrpcError(err: unknown, requestId?: string): GrpcError {
+  try {
+    return buildGrpcError(err, requestId);
+  } catch {
+    // never leave a call unanswered because its error could not be described (issue 16)
+    return buildGrpcError({ code: grpc.status.INTERNAL, details: 'internal error' }, requestId);
+  }
+}
+
+function buildGrpcError(err: unknown, requestId?: string): GrpcError {
   const md = new grpc.Metadata();
   if (requestId) md.set('x-request-id', requestId);
   let code: grpc.status;
@@ -89,8 +99,9 @@ export function toGrpcError(err: unknown, requestId?: string): GrpcError {
   if (isCatskimError(err)) {
     code = GRPC_STATUS[err.code] ?? grpc.status.INTERNAL;
     details = err.code === 'INTERNAL' ? 'internal error' : err.message;
-    md.set('x-catskim-error', JSON.stringify({ code: err.code, message: details, field: err.field, details: err.details, requestId }));
-    if (err.field) md.set('x-catskim-field', err.field);
+    // metadata must be ASCII: the JSON keeps non-ASCII text as \u escapes (same value once parsed)
+    md.set('x-catskim-error', asciiMetadataValue(JSON.stringify({ code: err.code, message: details, field: err.field, details: err.details, requestId })));
+    if (err.field) md.set('x-catskim-field', asciiMetadataValue(err.field));
     const ra = (err as { retryAfterSeconds?: number }).retryAfterSeconds;
     if (err.code === 'RESOURCE_EXHAUSTED') md.set('retry-after', String(Math.max(0, Math.ceil(ra ?? 1))));
   } else if (typeof (err as { code?: unknown })?.code === 'number' && typeof (err as { details?: unknown }).details === 'string') {
@@ -103,6 +114,7 @@ export function toGrpcError(err: unknown, requestId?: string): GrpcError {
     code = grpc.status.INTERNAL;
     details = 'internal error';
   }
+  details = wellFormed(details);
   const e = new Error(details) as GrpcError;
   e.code = code;
   e.details = details;
@@ -145,21 +157,23 @@ interface Started {
   done(code: grpc.status, err?: unknown): GrpcError | undefined;
 }
 
-const handlersByRegistry = new WeakMap<Registry, GrpcHandlers>();
-
-/** Call wrappers bound to a server (through the capability context's registry and logger). */
-export function grpcHandlers(ctx: { logger: Logger; registry: Registry }): GrpcHandlers {
-  const cached = handlersByRegistry.get(ctx.registry);
-  if (cached) return cached;
-  const rt = getRuntime(ctx.registry);
-  const metrics = getTransportMetrics(ctx.registry);
-  const base = ctx.logger.child({ transport: 'grpc' });
-  const h = makeHandlers(base, metrics, rt);
-  handlersByRegistry.set(ctx.registry, h);
-  return h;
+/** Call wrappers bound to a server: the ones startServer built into the capability context's runtime. */
+export function grpcHandlers(ctx: { runtime: { readonly grpc: GrpcHandlers } }): GrpcHandlers {
+  return ctx.runtime.grpc;
 }
 
-function makeHandlers(base: Logger, metrics: TransportMetrics, rt: ServerRuntime | undefined): GrpcHandlers {
+/** What admits a call: not draining, and a free slot. */
+export interface AdmissionGate {
+  readonly readiness: Readiness;
+  readonly admission: Admission;
+}
+
+/** Built once per server by startServer (ServerRuntime.grpc); `admission` undefined = no admission control. */
+export function createGrpcHandlers(logger: Logger, metrics: TransportMetrics, admission?: AdmissionGate): GrpcHandlers {
+  return makeHandlers(logger.child({ transport: 'grpc' }), metrics, admission);
+}
+
+function makeHandlers(base: Logger, metrics: TransportMetrics, rt: AdmissionGate | undefined): GrpcHandlers {
   const codeName = (c: grpc.status) => grpc.status[c] ?? String(c);
 
   function start(call: AnyCall, opts: CallOptions | undefined): Started | GrpcError {
@@ -317,7 +331,7 @@ class Health {
   private readonly watchers = new Set<{ send(): void; end(): void }>();
 
   constructor(
-    private readonly rt: ServerRuntime,
+    private readonly rt: { readonly readiness: Readiness },
     /** service name -> capability name ("" / null = overall readiness). */
     private readonly services: Map<string, string | null>,
   ) {}
@@ -335,7 +349,7 @@ class Health {
       Check: h.unary<{ service: string }, { status: ServingStatus }>(
         async (req) => {
           const status = this.statusOf(req.service ?? '');
-          if (!status) throw Object.assign(new Error('unknown service'), { code: grpc.status.NOT_FOUND, details: `unknown service "${req.service}"` });
+          if (!status) throw new NotFoundError(`unknown service "${req.service}"`, 'service');
           return { status };
         },
         { probe: true },
@@ -399,10 +413,28 @@ export interface GrpcTransport {
   forceShutdown(): void;
 }
 
-export async function buildGrpcServer(rt: ServerRuntime, capabilities: readonly Capability[]): Promise<GrpcTransport> {
+/** What buildGrpcServer needs of the server (ServerRuntime has it) and of each capability. */
+export interface GrpcServerDeps {
+  readonly config: Pick<Config, 'grpc'>;
+  readonly readiness: Readiness;
+  readonly grpc: GrpcHandlers;
+  /** Filled here: services per capability name. */
+  readonly services: Map<string, string[]>;
+}
+
+export interface GrpcCapability {
+  readonly name: string;
+  readonly protoFiles?: readonly string[];
+  registerGrpc?(server: grpc.Server): void;
+}
+
+export async function buildGrpcServer(rt: GrpcServerDeps, capabilities: readonly GrpcCapability[]): Promise<GrpcTransport> {
   const server = new grpc.Server({
     'grpc.max_receive_message_length': rt.config.grpc.maxReceiveMessageBytes,
     'grpc.max_send_message_length': rt.config.grpc.maxSendMessageBytes,
+    // slow or greedy clients (issue 16): calls per connection, idle connections
+    'grpc.max_concurrent_streams': rt.config.grpc.maxConcurrentStreams,
+    'grpc.max_connection_idle_ms': rt.config.grpc.maxConnectionIdleMs,
   });
   const serviceToCap = new Map<string, string | null>();
   const allFiles: string[] = [HEALTH_PROTO];
@@ -419,7 +451,8 @@ export async function buildGrpcServer(rt: ServerRuntime, capabilities: readonly 
   serviceToCap.set(HEALTH_SERVICE, null);
   const pkg = loadProto([...new Set(allFiles)]);
 
-  const h = grpcHandlers(rt);
+  answerUndecodableRequests(server);
+  const h = rt.grpc;
   const health = new Health(rt, serviceToCap);
   server.addService(serviceDefinition(pkg, HEALTH_SERVICE), health.implementation(h));
   new ReflectionService(pkg).addToServer(server);

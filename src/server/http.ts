@@ -4,7 +4,7 @@
  * For capabilities:
  *  - every route needs a JSON schema (body/querystring/params and response); reference the shared
  *    error body as `{ $ref: 'catskim.Error#' }` (see ERROR_SCHEMA_ID);
- *  - throw errors from src/errors.ts; the handler maps them (400 naming the field, 404, 422, 429 +
+ *  - throw errors from src/common/errors.ts; the handler maps them (400 naming the field, 404, 422, 429 +
  *    Retry-After, 503, 504) and never turns a client mistake into a 500;
  *  - use `request.log` (it carries the request id) and `abortSignalFor(request, reply)` to stop
  *    work when the client goes away;
@@ -12,16 +12,20 @@
  */
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import swagger from '@fastify/swagger';
-import { CancelledError, CatskimError, UnauthenticatedError, UnavailableError, isCatskimError, type ErrorCode } from '../errors.js';
+import { registerOpenApi } from './openapi.js';
+import { CancelledError, CatskimError, UnauthenticatedError, UnavailableError, isCatskimError, type ErrorCode } from '../common/errors.js';
 import type { Capability } from './capability.js';
-import { getTransportMetrics } from './metrics.js';
+import { answerExpectationFailed, clientErrorHandler } from './http-client-errors.js';
+import { PRIORITY_HEADER } from '../serving/admission/queue.js';
 import type { ServerRuntime } from './runtime.js';
+import { registerConsole } from './console.js';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
     /** Health/metrics routes: no admission control, debug-level logs. */
     probe?: boolean;
+    /** The admission queue (src/serving/admission) the route's service uses: shed from the headers, before the body is read. */
+    queue?: string;
   }
 }
 
@@ -140,12 +144,21 @@ export function sendError(request: FastifyRequest, reply: FastifyReply, err: unk
   const { status, body, retryAfter, internal } = httpErrorFor(err, request.id);
   if (internal) request.log.error({ err }, 'request failed');
   else if (status >= 500) request.log.warn({ err: { message: (err as Error).message, code: body.error.code } }, 'request unavailable');
+  else if (status === 429) request.log.debug({ code: body.error.code, status, message: body.error.message }, 'shed');
   else request.log.info({ code: body.error.code, field: body.error.field, status, message: body.error.message }, 'client error');
   if (retryAfter !== undefined) reply.header('retry-after', String(retryAfter));
   return reply.code(status).type('application/json; charset=utf-8').send(body);
 }
 
 const signals = new WeakMap<FastifyRequest, AbortController>();
+
+/** A request's admission slot: wanted once onRequest let it in, held from body arrival to close. */
+interface AdmissionSlot {
+  wanted: boolean;
+  closed?: boolean;
+  release?: () => void;
+}
+const slots = new WeakMap<FastifyRequest, AdmissionSlot>();
 
 /** Aborted (with CancelledError) when the client disconnects before the response is complete. */
 /**
@@ -186,7 +199,7 @@ const readySchema = {
   type: 'object',
   required: ['status'],
   properties: {
-    status: { type: 'string', enum: ['ready', 'not_ready', 'draining'] },
+    status: { type: 'string', enum: ['ready', 'not_ready', 'draining', 'saturated'] },
     reason: { type: 'string' },
     capabilities: {
       type: 'object',
@@ -200,8 +213,7 @@ const readySchema = {
 
 /** Build the fastify app with probes and every capability's routes (not listening yet). */
 export async function buildHttpServer(rt: ServerRuntime, capabilities: readonly Capability[]): Promise<FastifyInstance> {
-  const { config, registry, readiness, admission } = rt;
-  const metrics = getTransportMetrics(registry);
+  const { config, registry, readiness, admission, metrics } = rt;
   const app = Fastify({
     loggerInstance: rt.logger.child({ transport: 'http' }) as FastifyBaseLogger,
     // one line per request, written by our onRequest hook (with route, status and duration)
@@ -212,27 +224,41 @@ export async function buildHttpServer(rt: ServerRuntime, capabilities: readonly 
     keepAliveTimeout: config.http.keepAliveTimeoutMs,
     return503OnClosing: false,
     forceCloseConnections: 'idle',
+    // errors before routing answer in the one error shape too (issue 16); Node's own missing-Host
+    // reply has no body, so the onRequest hook checks Host instead
+    http: {
+      requireHostHeader: false,
+      // slow clients (issue 16): Node checks these every connectionsCheckingInterval
+      headersTimeout: config.http.headersTimeoutMs,
+      connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(config.http.headersTimeoutMs / 4))),
+    },
+    requestTimeout: config.http.requestTimeoutMs,
+    connectionTimeout: config.http.idleTimeoutMs,
+    // errors before routing answer in the one error shape too (issue 16)
+    clientErrorHandler: clientErrorHandler(rt.logger.child({ transport: 'http' }), registry),
+    frameworkErrors: (err, request, reply) => {
+      reply.header('x-request-id', request.id);
+      const bad = err.code === 'FST_ERR_BAD_URL' || err.code === 'FST_ERR_MAX_PARAM_LENGTH';
+      return sendError(request, reply, bad ? new CatskimError('INVALID_ARGUMENT', `url: ${err.message}`, { field: 'url' }) : err);
+    },
     ajv: { customOptions: { removeAdditional: false, allErrors: false } },
   });
 
   app.addSchema(errorSchema);
+  answerExpectationFailed(app.server);
 
-  if (config.http.openapi) {
-    await app.register(swagger, {
-      openapi: {
-        info: { title: 'catskim', version: rt.version, description: 'CAT generation and SKIM search' },
-      },
-    });
-  }
+  if (config.http.openapi) await registerOpenApi(app, rt.version, ERROR_SCHEMA_ID); // GET /openapi.json, /docs (openapi.ts)
 
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
     const start = process.hrtime.bigint();
     const probe = request.routeOptions.config?.probe === true;
-    let release: (() => void) | undefined;
+    const slot: AdmissionSlot = { wanted: false };
+    slots.set(request, slot);
     metrics.httpInFlight.inc();
     reply.raw.once('close', () => {
-      release?.();
+      slot.closed = true;
+      slot.release?.();
       metrics.httpInFlight.dec();
       const finished = reply.raw.writableFinished;
       const status = finished ? String(reply.statusCode) : '499';
@@ -243,17 +269,34 @@ export async function buildHttpServer(rt: ServerRuntime, capabilities: readonly 
       metrics.httpDuration.observe(labels, seconds);
       const line = { method: request.method, url: request.url, route, status: Number(status), durationMs: Math.round(seconds * 1e5) / 100 };
       if (!finished) request.log.info(line, 'client went away before the response completed');
-      else if (probe) request.log.debug(line, 'request completed');
+      // shed requests are counted in metrics; a line each would add to the overload
+      else if (probe || status === '429') request.log.debug(line, 'request completed');
       else request.log.info(line, 'request completed');
     });
+    if (request.raw.httpVersionMajor === 1 && request.raw.httpVersionMinor >= 1 && request.headers.host === undefined) {
+      reply.header('connection', 'close');
+      return sendError(request, reply, new CatskimError('INVALID_ARGUMENT', 'headers.host: HTTP/1.1 requests need a Host header', { field: 'headers.host' }));
+    }
     if (probe) return;
     if (readiness.draining) {
       reply.header('connection', 'close');
       metrics.admissionRejected.inc({ transport: 'http', reason: 'draining' });
       return sendError(request, reply, new UnavailableError('the server is shutting down; retry on another instance'));
     }
-    release = admission.tryAcquire();
-    if (!release) {
+    // shedding by expected wait, decided from the headers alone (issue 16): what is shed is never parsed
+    const queue = request.routeOptions.config?.queue;
+    const refused = queue ? rt.shedder?.existing(queue)?.refuseEarly(request.headers[PRIORITY_HEADER]) : undefined;
+    if (refused) return sendError(request, reply, refused);
+    slot.wanted = true;
+  });
+
+  // a request counts toward admission only once its body has arrived (issue 16: slow clients
+  // sending half a body must not hold slots)
+  app.addHook('preValidation', async (request, reply) => {
+    const slot = slots.get(request);
+    if (!slot?.wanted || slot.closed || reply.sent) return;
+    slot.release = admission.tryAcquire();
+    if (!slot.release) {
       metrics.admissionRejected.inc({ transport: 'http', reason: 'max_in_flight' });
       reply.header('retry-after', String(admission.retryAfterSeconds));
       return reply.code(429).send({
@@ -274,10 +317,12 @@ export async function buildHttpServer(rt: ServerRuntime, capabilities: readonly 
   app.get('/livez', { config: { probe: true }, schema: { summary: 'Process is alive', response: { 200: probeOk } } }, async () => ({ status: 'ok' }));
 
   app.get('/readyz', { config: { probe: true }, schema: { summary: 'Ready to serve (models loaded, warm-up done, not draining)', response: { 200: readySchema, 503: readySchema } } }, async (_req, reply) => {
-    const ready = readiness.isReady();
-    const reason = readiness.reason();
+    // a saturated server is taken out of rotation until a slot frees (issue 16)
+    const saturated = readiness.isReady() ? admission.saturation() ?? rt.shedder?.saturation() : undefined;
+    const ready = readiness.isReady() && !saturated;
+    const reason = saturated ?? readiness.reason();
     const body: Record<string, unknown> = {
-      status: ready ? 'ready' : readiness.draining ? 'draining' : 'not_ready',
+      status: ready ? 'ready' : saturated ? 'saturated' : readiness.draining ? 'draining' : 'not_ready',
       capabilities: readiness.capabilities(),
     };
     if (reason) body.reason = reason;
@@ -290,9 +335,7 @@ export async function buildHttpServer(rt: ServerRuntime, capabilities: readonly 
     return reply.type(registry.contentType).send(text);
   });
 
-  if (config.http.openapi) {
-    app.get('/openapi.json', { config: { probe: true }, schema: { hide: true, response: { 200: { type: 'object', additionalProperties: true } } } }, async () => app.swagger());
-  }
+  await registerConsole(app, rt, errorResponses); // the web console at /ui and GET /v1/status
 
   for (const cap of capabilities) {
     if (!cap.registerHttp) continue;

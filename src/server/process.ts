@@ -6,7 +6,7 @@
 import type { Capability, CapabilityFactory } from './capability.js';
 import { ConfigError, helpText, loadConfigDetailed, type Config } from './config.js';
 import { createLogger } from './logger.js';
-import { VERSION, startServer, type RunningServer } from './server.js';
+import { StartInterruptedError, VERSION, startServer, type RunningServer } from './server.js';
 
 export interface RunProcessOptions {
   capabilities?: ReadonlyArray<CapabilityFactory<Config> | Capability>;
@@ -58,7 +58,7 @@ export async function runServerProcess(opts: RunProcessOptions = {}): Promise<vo
       logger.error({ err: e }, 'shutdown failed');
       code = code || 1;
     }
-    logger.info({ exitCode: code }, 'exiting');
+    logger.info({ exitCode: code, reason }, 'exiting');
     process.exit(code);
   };
 
@@ -74,6 +74,12 @@ export async function runServerProcess(opts: RunProcessOptions = {}): Promise<vo
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+  // SIGHUP: reload every model, detector and search index from disk (issue 16); refusals keep the old one
+  process.on('SIGHUP', () => {
+    if (!server || stopping) return;
+    logger.info({ signal: 'SIGHUP' }, 'signal received: reloading models, detectors and search indexes');
+    void server.reloader.reloadAll().then((results) => logger.info({ results }, 'SIGHUP reload finished'));
+  });
   process.on('uncaughtException', (err) => {
     logger.fatal({ err }, 'uncaught exception: shutting down');
     void stop('uncaught exception', 1);
@@ -98,6 +104,8 @@ export async function runServerProcess(opts: RunProcessOptions = {}): Promise<vo
     process.exit(0);
   }
   server.ready.catch((e) => {
+    // a start-up cut short by our own shutdown was logged as interrupted; it is no failure
+    if (stopping || e instanceof StartInterruptedError) return;
     logger.fatal({ err: e }, `not ready: ${(e as Error).message}; shutting down`);
     void stop('start-up failed', 1);
   });

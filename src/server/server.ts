@@ -15,15 +15,22 @@ import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import { probeExecutionProviders } from '../engine/session.js';
 import { Admission } from './admission.js';
+import { Shedder } from '../serving/admission/queue.js';
+import { Reloader } from '../serving/reload.js';
+import { registerReloadRoutes } from './reload-routes.js';
 import type { Capability, CapabilityContext, CapabilityFactory } from './capability.js';
 import { CAPABILITIES } from './capabilities.js';
+import { openSharedState } from '../serving/state/index.js';
 import { PACKAGE_ROOT, loadConfig, type Config, type ConfigInput } from './config.js';
 import { buildGrpcServer, type GrpcTransport } from './grpc.js';
 import { buildHttpServer } from './http.js';
 import { createLogger } from './logger.js';
-import { createRegistry, getTransportMetrics } from './metrics.js';
+import { createRegistry, createTransportMetrics } from './metrics.js';
 import { Readiness } from './readiness.js';
-import { attachRuntime, type ServerRuntime } from './runtime.js';
+import type { ServerRuntime } from './runtime.js';
+import { createGrpcHandlers } from './grpc.js';
+import { Gate } from '../serving/gate/gate.js';
+import type { ExperimentsLink } from '../serving/experiments/router.js';
 
 export const VERSION: string = (() => {
   try {
@@ -70,10 +77,25 @@ export interface RunningServer {
   readonly http: FastifyInstance;
   readonly grpc: GrpcTransport;
   readonly capabilities: readonly Capability[];
+  /** Server-wide admission (tests read its in-flight count). */
+  readonly admission: Admission;
+  /** Hot reload of models, detectors and search indexes (the admin route and SIGHUP use it). */
+  readonly reloader: Reloader;
+  /** The OOD gate and the A/B router link every capability was built with. */
+  readonly gate: Gate;
+  readonly experiments: ExperimentsLink;
   /** Readiness false, stop accepting, wait for in-flight work (<= drain timeout), drain() and close() capabilities. Idempotent. */
   shutdown(reason?: string): Promise<ShutdownResult>;
   /** Same as shutdown(). */
   close(): Promise<void>;
+}
+
+/** `ready` rejects with this when shutdown began before every capability had started. */
+export class StartInterruptedError extends Error {
+  constructor(readonly capability: string, cause: unknown) {
+    super(`capability ${capability} did not finish starting: the server is shutting down`, { cause });
+    this.name = 'StartInterruptedError';
+  }
 }
 
 function isCapability(x: CapabilityFactory<Config> | Capability): x is Capability {
@@ -104,24 +126,35 @@ export async function startServer(opts: StartServerOptions = {}): Promise<Runnin
   const logger = opts.logger ?? createLogger(config.logLevel, undefined, VERSION);
   const registry = createRegistry();
   const readiness = new Readiness();
+  const metrics = createTransportMetrics(registry);
+  const admission = new Admission(config.admission.maxInFlight, config.admission.retryAfterSeconds);
+  const shedder = new Shedder(config.shedding, registry);
   const rt: ServerRuntime = {
     config,
     logger,
     registry,
     readiness,
-    admission: new Admission(config.admission.maxInFlight, config.admission.retryAfterSeconds),
+    admission,
+    shedder,
+    reloader: new Reloader(registry, logger),
     version: VERSION,
+    metrics,
+    grpc: createGrpcHandlers(logger, metrics, { readiness, admission }),
     services: new Map(),
   };
-  attachRuntime(rt);
-  const metrics = getTransportMetrics(registry);
 
   // Which execution provider loads, decided once here: one warning for the process, or a
   // start-up failure in strict mode.
   rt.probe = await probeExecutionProviders(config.onnx, logger);
   logger.info({ provider: rt.probe.provider, requested: config.onnx.providers, fellBack: rt.probe.fellBack }, 'onnx runtime ready');
 
-  const ctx: CapabilityContext<Config> = { config, logger, registry };
+  // Wired here, once: the gate and the A/B router link reach every capability through its context.
+  const gate = new Gate(config.detector, { modelsDir: config.modelsDir, onnx: config.onnx, logger, registry, reloader: rt.reloader });
+  const experiments: ExperimentsLink = {};
+  // shared state (state.url): connected and migrated before any capability reads it; a replica
+  // that cannot reach its database does not start (the orchestrator restarts it)
+  const state = await openSharedState(config.state, logger);
+  const ctx: CapabilityContext<Config> = { config, logger, registry, runtime: rt, gate, experiments, shedder, reloader: rt.reloader, state };
   const capabilities: Capability[] = [];
   let http: FastifyInstance;
   let grpc: GrpcTransport;
@@ -133,10 +166,12 @@ export async function startServer(opts: StartServerOptions = {}): Promise<Runnin
       readiness.register(cap.name, cap.startupStatus?.bind(cap));
     }
     http = await buildHttpServer(rt, capabilities);
+    registerReloadRoutes(http, rt);
     grpc = await buildGrpcServer(rt, capabilities);
   } catch (e) {
     // free whatever the capabilities built so far
     for (const cap of capabilities.reverse()) await cap.close().catch(() => {});
+    await state?.close();
     throw e;
   }
   let httpPort: number;
@@ -176,6 +211,11 @@ export async function startServer(opts: StartServerOptions = {}): Promise<Runnin
         logger.info({ capability: cap.name, startMs: Math.round(performance.now() - ct) }, 'capability ready');
       } catch (e) {
         const reason = (e as Error)?.message ?? String(e);
+        if (readiness.draining) {
+          // shutdown closed it mid-start: not a failure (issue 16: no false fatal on SIGTERM)
+          logger.info({ capability: cap.name, reason }, 'capability start interrupted by shutdown');
+          throw new StartInterruptedError(cap.name, e);
+        }
         readiness.setFailed(cap.name, reason);
         logger.error({ capability: cap.name, err: e }, 'capability failed to start');
         throw new Error(`capability ${cap.name} failed to start: ${reason}`, { cause: e });
@@ -222,6 +262,10 @@ export async function startServer(opts: StartServerOptions = {}): Promise<Runnin
         const r = await withTimeout(cap.close().catch((e) => logger.error({ capability: cap.name, err: e }, 'capability close failed')), 10_000);
         if (!r.ok) logger.error({ capability: cap.name }, 'capability close() did not finish within 10 s');
       }
+      // a start() cut short by close() settles now; wait (briefly) so its log line comes first
+      await withTimeout(ready.catch(() => {}), 2000);
+      rt.shedder?.close();
+      await state?.close().catch((e) => logger.error({ err: e }, 'closing the shared state failed'));
       readiness.off('change', onChange);
       const durationMs = Math.round(performance.now() - s0);
       logger.info({ graceful, durationMs }, 'stopped');
@@ -244,6 +288,10 @@ export async function startServer(opts: StartServerOptions = {}): Promise<Runnin
     http,
     grpc,
     capabilities,
+    admission: rt.admission,
+    reloader: rt.reloader,
+    gate,
+    experiments,
     shutdown,
     close: async () => {
       await shutdown('close()');

@@ -6,9 +6,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { runner, request, runTogether, runAlone, drive, SCHED } from './helpers.js';
-import { Scheduler } from '../../src/engine/scheduler.js';
+import { EngineCore } from '../../src/engine/cat/worker.js';
 import { encode } from '../../src/engine/tokenizer.js';
-import type { WorkerRequest } from '../../src/engine/types.js';
+import type { WorkerRequest } from '../../src/engine/cat/types.js';
 
 const KJV =
   'In the beginning God created the heaven and the earth. And the earth was without form, and void; and darkness was upon the face of the deep. ' +
@@ -58,7 +58,7 @@ test('requests joining a running batch at different ticks match their solo runs'
   const r = await runner('adaptive');
   const reqs = mix('adaptive', true);
   const alone = await runAlone(r, reqs, OPTS);
-  const s = new Scheduler(r, { ...OPTS, maxRunning: 4 }); // also exercises the waiting queue
+  const s = new EngineCore(r, { ...OPTS, maxRunning: 4 }); // also exercises the waiting queue
   const got = new Map<string, number[]>();
   let k = 0;
   let ticks = 0;
@@ -104,7 +104,7 @@ test('separate prefill call with non-contiguous prefill rows (gathered past) mat
   const r = await runner('dense');
   const reqs = [request(prompt(300), { maxTokens: 12 }), request(prompt(5, 40), { maxTokens: 30 }), request(prompt(300, 77), { maxTokens: 12 })];
   const alone = await runAlone(r, reqs, OPTS);
-  const s = new Scheduler(r, { ...OPTS, prefillMode: 'separate' });
+  const s = new EngineCore(r, { ...OPTS, prefillMode: 'separate' });
   for (const q of reqs) s.submit(q);
   const got = await drive(s);
   assert.ok(s.kv.gathers > 0, 'rows 0 and 2 prefill while row 1 decodes');

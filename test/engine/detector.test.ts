@@ -12,9 +12,9 @@ import { fileURLToPath } from 'node:url';
 import { Detector, detectorText } from '../../src/engine/detector.js';
 import { TextTokenizer, normalizeText } from '../../src/engine/text-tokenizer.js';
 import type { OnnxConfig } from '../../src/engine/session.js';
-import { ResourceExhaustedError } from '../../src/errors.js';
+import { ResourceExhaustedError } from '../../src/common/errors.js';
 
-const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 const DOMAINS = ['search', 'generation'] as const;
 const ONNX: OnnxConfig = { providers: ['cpu'], strict: false, graphOptimizationLevel: 'all', intraOpThreads: 1, interOpThreads: 1, deviceId: 0 };
 const dirOf = (d: string) => join(ROOT, 'models/detector', d);
@@ -25,6 +25,8 @@ interface ParityCase {
   input_ids: number[];
   attention_mask: number[];
   probs: number[];
+  id_probs: number[];
+  logits: number[];
 }
 
 for (const domain of DOMAINS) {
@@ -48,7 +50,8 @@ for (const domain of DOMAINS) {
   test(`${domain} detector: probs match the Python reference within 1e-4`, async () => {
     const det = await Detector.load(dirOf(domain), { onnx: ONNX });
     try {
-      const parity = JSON.parse(readFileSync(join(dirOf(domain), 'parity.json'), 'utf8')) as { tolerance: number; ood_index: number; cases: ParityCase[] };
+      const parity = JSON.parse(readFileSync(join(dirOf(domain), 'parity.json'), 'utf8')) as { tolerance: number; ood_index: number; id_temperature: number; cases: ParityCase[] };
+      assert.equal(parity.id_temperature, det.manifest.id_temperature);
       assert.equal(parity.ood_index, det.oodIndex);
       assert.ok(parity.cases.length >= 8);
       // tokens first (same ids as Python), then probabilities, one batch with mixed lengths
@@ -60,19 +63,29 @@ for (const domain of DOMAINS) {
       const outs = await det.runBatch(parity.cases.map((c) => c.text));
       let worst = 0;
       outs.forEach((o, i) => {
-        const want = parity.cases[i].probs;
-        assert.equal(o.probs.length, want.length);
-        for (let j = 0; j < want.length; j++) worst = Math.max(worst, Math.abs(o.probs[j] - want[j]));
+        const c = parity.cases[i];
+        assert.equal(o.probs.length, c.probs.length);
+        assert.equal(o.idProbs.length, det.oodIndex);
+        for (let j = 0; j < c.probs.length; j++) worst = Math.max(worst, Math.abs(o.probs[j] - c.probs[j]));
+        for (let j = 0; j < c.id_probs.length; j++) worst = Math.max(worst, Math.abs(o.idProbs[j] - c.id_probs[j]));
         assert.equal(o.score, o.probs[det.oodIndex]);
-        const idOnly = Array.from(o.probs.slice(0, det.oodIndex));
-        assert.equal(o.labelProb, Math.max(...idOnly), 'label_prob is the raw softmax value, not renormalised');
-        assert.equal(o.label, det.classes[idOnly.indexOf(Math.max(...idOnly))]);
+        // The served label probability is id_probs: softmax over the K ID logits / T (Python's logits, T from the manifest).
+        const z = c.logits.slice(0, det.oodIndex).map((x) => x / parity.id_temperature);
+        const zmax = Math.max(...z);
+        const ez = z.map((x) => Math.exp(x - zmax));
+        const sum = ez.reduce((a, b) => a + b, 0);
+        const served = ez.map((x) => x / sum);
+        const best = served.indexOf(Math.max(...served));
+        assert.equal(o.label, det.classes[best]);
+        assert.equal(o.labelProb, o.idProbs[best]);
+        assert.ok(Math.abs(o.labelProb - served[best]) <= 1e-4, `label_prob ${o.labelProb} vs softmax(logits[:K] / T) ${served[best]}`);
       });
-      assert.ok(worst <= 1e-4, `max |probs - python| = ${worst}`);
+      assert.ok(worst <= 1e-4, `max |probs, id_probs - python| = ${worst}`);
       // and one at a time (padding width differs): same answers
       for (let i = 0; i < parity.cases.length; i++) {
         const [o] = await det.runBatch([parity.cases[i].text]);
         for (let j = 0; j < o.probs.length; j++) assert.ok(Math.abs(o.probs[j] - parity.cases[i].probs[j]) <= 1e-4);
+        for (let j = 0; j < o.idProbs.length; j++) assert.ok(Math.abs(o.idProbs[j] - parity.cases[i].id_probs[j]) <= 1e-4);
       }
     } finally {
       await det.close();

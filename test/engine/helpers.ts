@@ -2,9 +2,9 @@
 import { readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { PACKAGE_ROOT, type OnnxConfig } from '../../src/server/config.js';
-import { ModelRunner } from '../../src/engine/model.js';
-import { Scheduler } from '../../src/engine/scheduler.js';
-import type { SchedulerOptions, TokenEvent, WorkerRequest, FinishReason, Usage } from '../../src/engine/types.js';
+import { CatModel } from '../../src/engine/cat/model.js';
+import { EngineCore } from '../../src/engine/cat/worker.js';
+import type { SchedulerOptions, TokenEvent, WorkerRequest, FinishReason, Usage } from '../../src/engine/cat/types.js';
 
 export const MODELS_DIR = join(PACKAGE_ROOT, 'models', 'cat');
 export const ADAPTIVE_DIR = join(MODELS_DIR, 'adaptive');
@@ -40,11 +40,11 @@ export function haveModels(): boolean {
   return existsSync(join(ADAPTIVE_DIR, 'manifest.json')) && existsSync(join(DENSE_DIR, 'manifest.json')) && existsSync(join(FIXTURES_DIR, 'adaptive.json'));
 }
 
-const runners = new Map<string, Promise<ModelRunner>>();
-export function runner(kind: 'adaptive' | 'dense'): Promise<ModelRunner> {
+const runners = new Map<string, Promise<CatModel>>();
+export function runner(kind: 'adaptive' | 'dense'): Promise<CatModel> {
   let r = runners.get(kind);
   if (!r) {
-    r = ModelRunner.load(kind === 'adaptive' ? 'cat-kjv' : 'dense-kjv', kind === 'adaptive' ? ADAPTIVE_DIR : DENSE_DIR, { onnx: CPU, verifySha256: true });
+    r = CatModel.load(kind === 'adaptive' ? 'cat-kjv' : 'dense-kjv', kind === 'adaptive' ? ADAPTIVE_DIR : DENSE_DIR, { onnx: CPU, verifySha256: true });
     runners.set(kind, r);
   }
   return r;
@@ -72,14 +72,14 @@ export interface Outcome {
 }
 
 /** Submits the requests to a fresh scheduler together and ticks until all finished. */
-export async function runTogether(r: ModelRunner, reqs: WorkerRequest[], opts: SchedulerOptions = SCHED, tap?: Scheduler['logitsTap']): Promise<Map<string, Outcome>> {
-  const s = new Scheduler(r, opts);
+export async function runTogether(r: CatModel, reqs: WorkerRequest[], opts: SchedulerOptions = SCHED, tap?: EngineCore['logitsTap']): Promise<Map<string, Outcome>> {
+  const s = new EngineCore(r, opts);
   s.logitsTap = tap ?? null;
   for (const q of reqs) s.submit(q);
   return drive(s);
 }
 
-export async function drive(s: Scheduler): Promise<Map<string, Outcome>> {
+export async function drive(s: EngineCore): Promise<Map<string, Outcome>> {
   const out = new Map<string, Outcome>();
   let guard = 0;
   while (s.hasWork()) {
@@ -101,7 +101,7 @@ export async function drive(s: Scheduler): Promise<Map<string, Outcome>> {
 }
 
 /** Each request alone, one after the other, on fresh schedulers. */
-export async function runAlone(r: ModelRunner, reqs: WorkerRequest[], opts: SchedulerOptions = SCHED): Promise<Map<string, Outcome>> {
+export async function runAlone(r: CatModel, reqs: WorkerRequest[], opts: SchedulerOptions = SCHED): Promise<Map<string, Outcome>> {
   const out = new Map<string, Outcome>();
   for (const q of reqs) {
     const m = await runTogether(r, [q], opts);

@@ -1,6 +1,6 @@
 /**
  * Parity of the cached, batched engine with the reference model (models/cat/fixtures):
- * - graph level: every exported graph, called through the ModelRunner, reproduces PyTorch's outputs;
+ * - graph level: every exported graph, called through the CatModel, reproduces PyTorch's outputs;
  * - prompt level: for every chunk size and dense, the engine's greedy continuation equals the
  *   full-forward (uncached) reference, and its first-step logits match within 1e-4, both when each
  *   prompt runs alone and when all run in one batch.
@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadFixtures, runner, request, runTogether, runAlone, FIXTURES_DIR, SCHED } from './helpers.js';
-import type { ModelRunner } from '../../src/engine/model.js';
+import type { CatModel } from '../../src/engine/cat/model.js';
 
 interface TensorFx {
   dtype: string;
@@ -33,12 +33,12 @@ function maxDiff(got: ArrayLike<number>, want: number[]): number {
   return worst;
 }
 
-test('graph-level fixtures through the ModelRunner (decode and compress, P = 0 included)', async () => {
+test('graph-level fixtures through the CatModel (decode and compress, P = 0 included)', async () => {
   const fx = JSON.parse(readFileSync(join(FIXTURES_DIR, 'graphs.json'), 'utf8')) as { graphs: Record<string, GraphCase[]> };
   const tol = 1e-4;
   let cases = 0;
   for (const [graph, list] of Object.entries(fx.graphs)) {
-    const r: ModelRunner = await runner(graph.startsWith('adaptive') ? 'adaptive' : 'dense');
+    const r: CatModel = await runner(graph.startsWith('adaptive') ? 'adaptive' : 'dense');
     const L = r.info.nLayers;
     for (const c of list) {
       const i = c.inputs;

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { TextTokenizer, fnv1a32, normalizeText, charTrigrams } from '../../src/engine/text-tokenizer.js';
 
-const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 
 interface Golden {
   fnv1a32: Record<string, number>;

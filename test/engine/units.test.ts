@@ -1,8 +1,8 @@
 /** Unit tests: the batched KV cache layout, the sampler and PRNG, incremental UTF-8, stop sequences. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { BatchedKvCache } from '../../src/engine/kv-cache.js';
-import { Prng, Sampler } from '../../src/engine/sampler.js';
+import { BatchedKvCache } from '../../src/engine/cat/kv-cache.js';
+import { Prng, Sampler } from '../../src/engine/cat/sampler.js';
 import { IncrementalDecoder, decode, encode } from '../../src/engine/tokenizer.js';
 import { runner, request, runTogether, SCHED } from './helpers.js';
 

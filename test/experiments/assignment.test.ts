@@ -3,9 +3,9 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { minimalMove, rendezvous, weightedRandom } from '../../src/server/experiments/hashing.js';
+import { minimalMove, rendezvous, weightedRandom } from '../../src/serving/experiments/hashing.js';
 import { loadConfig, ConfigError } from '../../src/server/config.js';
-import { normalCdf, twoProportionZ, wilson, percentile, meanCi } from '../../src/server/experiments/stats.js';
+import { normalCdf, twoProportionZ, wilson, percentile, meanCi } from '../../src/serving/experiments/stats.js';
 
 const N = 20_000;
 const keys = Array.from({ length: N }, (_, i) => `user-${i}`);

@@ -9,7 +9,7 @@
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { UnavailableError } from '../../src/errors.js';
+import { UnavailableError } from '../../src/common/errors.js';
 import type { Capability, CapabilityContext } from '../../src/server/capability.js';
 import type { Config, ConfigInput } from '../../src/server/config.js';
 import { routeHttp } from '../../src/server/experiments/routing.js';
@@ -47,7 +47,7 @@ export function routedCapability(ctx: CapabilityContext<Config>): Capability {
         async (request, reply) => {
           const b = request.body as { query: string; user_id?: string; model?: string };
           return routeHttp(
-            ctx.registry,
+            ctx.experiments,
             'search',
             request,
             reply,

@@ -13,11 +13,10 @@ import { loadProto } from '../../src/server/grpc.js';
 import { SearchCapability } from '../../src/server/search/capability.js';
 import { generationCapability, GENERATION_PROTO } from '../../src/server/generation/capability.js';
 import { experimentsCapability } from '../../src/server/experiments/capability.js';
-import { ExperimentRouter } from '../../src/server/experiments/router.js';
 import { loadWordnetLabels } from '../../src/index/wordnet.js';
 import { http, tempDir } from './helpers.js';
 
-const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 const open: RunningServer[] = [];
 after(async () => {
   for (const s of open) await s.close().catch(() => {});
@@ -54,7 +53,7 @@ test('search: the default search experiment picks the encoder, names the variant
   // shadow copies of baseline traffic went to skim, and the responses stayed baseline's
   const b = await http(s, 'POST', '/v1/search', { query: 'dog', k: 3 }, { 'x-catskim-variant': 'baseline' });
   assert.equal(b.json.model, 'baseline');
-  await ExperimentRouter.get(s.registry)!.settled();
+  await s.experiments.router!.settled();
   const m = await s.registry.getSingleMetric('catskim_experiment_requests_total')!.get();
   assert.ok(m.values.some((v) => v.labels.role === 'shadow' && v.labels.variant === 'skim' && v.labels.outcome === 'ok' && v.value > 0));
   // the search metrics carry the serving variant; the one request that named its model has variant ""
@@ -99,8 +98,8 @@ test('generation over gRPC: variant -> model + default chunk size, named in the 
   // the generation metrics carry the serving variant
   const text = await (await fetch(`${s.httpUrl}/metrics`)).text();
   for (const [v, cs] of [['cat8', 8], ['cat16', 16]]) {
-    assert.match(text, new RegExp(`^catskim_request_success_total\\{model="cat-kjv",chunk_size="${cs}",variant="${v}",finished_reason="[a-z]+"\\} [1-9]`, 'm'));
-    assert.match(text, new RegExp(`^catskim_time_to_first_token_seconds_count\\{model="cat-kjv",chunk_size="${cs}",variant="${v}"\\} [1-9]`, 'm'));
+    assert.match(text, new RegExp(`^catskim_request_success_total\\{model="cat-kjv",model_name="cat-kjv",chunk_size="${cs}",variant="${v}",finished_reason="[a-z]+"\\} [1-9]`, 'm'));
+    assert.match(text, new RegExp(`^catskim_time_to_first_token_seconds_count\\{model="cat-kjv",model_name="cat-kjv",chunk_size="${cs}",variant="${v}"\\} [1-9]`, 'm'));
   }
   // a request's own chunk size wins over the variant's default
   assert.equal((await gen({ ...req, chunkSize: 4 }, { 'x-catskim-variant': 'cat16' })).chunkSize, 4);

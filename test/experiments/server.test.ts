@@ -8,8 +8,7 @@ import { join } from 'node:path';
 import { existsSync, writeFileSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import type { RunningServer } from '../../src/server/server.js';
-import { ExperimentRouter } from '../../src/server/experiments/router.js';
-import { reportFromFile } from '../../src/server/experiments/report.js';
+import { reportFromFile } from '../../src/serving/experiments/report.js';
 import { runExperimentCli } from '../../src/server/experiments/cli.js';
 import { VARIANTS, TOKEN, calls, http, startRouted, tempDir } from './helpers.js';
 import { metricValue as metric } from '../server/helpers.js';
@@ -75,7 +74,7 @@ test('sticky over HTTP, split across keys, variant named in body and header, ove
 test('shadow: the response is the primary one, not delayed, and the shadow is measured', async () => {
   const dir = tempDir();
   const s = await start({ dir, experiments: { sh: { route: 'search', weights: { a: 1 }, shadow: { variant: 'slow', share: 1 } } } });
-  const router = ExperimentRouter.get(s.registry)!;
+  const router = s.experiments.router!;
   const before = calls.length;
   const t0 = performance.now();
   const r = await search(s, { 'x-user-id': 'someone' });
@@ -92,7 +91,7 @@ test('shadow: the response is the primary one, not delayed, and the shadow is me
   // a failing shadow changes nothing either
   const p = await http(s, 'PATCH', '/v1/admin/experiments/sh', { shadow: { variant: 'bad', share: 1 } }, { authorization: `Bearer ${TOKEN}` });
   assert.equal(p.status, 403, 'admin API is off without a token');
-  router.put('sh', { route: 'search', weights: { a: 1 }, shadow: { variant: 'bad', share: 1 } });
+  await router.put('sh', { route: 'search', weights: { a: 1 }, shadow: { variant: 'bad', share: 1 } });
   const r2 = await search(s, { 'x-user-id': 'someone' });
   assert.equal(r2.status, 200);
   assert.equal(r2.json.variant, 'a');

@@ -24,7 +24,7 @@ const RANDOM = 'qzxv wkpf jjrt 8#@! xkq zzv';
 
 /** A route stand-in: gates its input exactly as /v1/search and Generate do, on both transports. */
 function probeCapability(ctx: CapabilityContext<Config>): Capability {
-  const gate = Gate.for(ctx);
+  const gate = ctx.gate;
   const serve = async (route: GateRoute, text: string, variant: string) => {
     const d = await gate.check(route, text, { variant });
     return { served_by: d?.fallbackTo ?? (variant || 'default'), ood: d?.ood };
@@ -95,12 +95,14 @@ function assertOod(ood: Record<string, any>, labelProbKey = 'label_prob'): void 
 }
 
 describe('detector config section', () => {
-  test('defaults: flag on search, reject on generate, both bundled detectors', () => {
+  test('defaults: flag on search and on generate, both bundled detectors; reject is one setting away', () => {
     const c = loadConfig().detector;
     assert.equal(c.enabled, true);
     assert.equal(c.routes.search.action, 'flag');
     assert.equal(c.routes.search.detector, 'search');
-    assert.equal(c.routes.generate.action, 'reject');
+    assert.equal(c.routes.generate.action, 'flag');
+    assert.equal(loadConfig({ env: { CATSKIM_GATE_GENERATE_ACTION: 'reject' } }).detector.routes.generate.action, 'reject');
+    assert.equal(loadConfig({ overrides: { detector: { routes: { generate: { action: 'reject' } } } } as ConfigInput }).detector.routes.generate.action, 'reject');
     assert.equal(c.routes.generate.detector, 'generation');
     assert.deepEqual(c.detectors, { search: 'detector/search', generation: 'detector/generation' });
   });
@@ -143,7 +145,7 @@ describe('OOD gate on a real server (bundled detectors)', () => {
         detector: {
           routes: {
             search: { variants: { strict: { action: 'reject' }, lenient: { tau: 0.999999 } } },
-            generate: { variants: { 'cat-8': { action: 'fallback', fallback: 'dense-kjv' } } },
+            generate: { action: 'reject', variants: { 'cat-8': { action: 'fallback', fallback: 'dense-kjv' } } },
           },
         },
       } as ConfigInput,
@@ -181,14 +183,16 @@ describe('OOD gate on a real server (bundled detectors)', () => {
     assert.equal(await counterValue(s, { route: 'search', variant: 'default', outcome: 'flagged' }), before + 1);
   });
 
-  test('label_prob is the detector\'s own softmax value (not renormalised)', async () => {
+  test('label_prob is the detector\'s id_probs value (renormalised over the ID classes, temperature-scaled)', async () => {
     const gate = (s.capabilities.find((x) => x.name === 'detector') as unknown as { gate: Gate }).gate;
     const r = await post(s, { route: 'search', text: 'a tall person' });
     const [direct] = await gate.detector('search')!.runBatch(['a tall person']);
     assert.ok(Math.abs(r.json.ood.label_prob - direct.labelProb) < 1e-6);
     assert.ok(Math.abs(r.json.ood.score - direct.probs[direct.probs.length - 1]) < 1e-6);
-    const idMass = Array.from(direct.probs.slice(0, -1)).reduce((a, b) => a + b, 0);
-    assert.ok(direct.labelProb <= idMass + 1e-6);
+    const idProbs = Array.from(direct.idProbs);
+    assert.equal(idProbs.length, direct.probs.length - 1);
+    assert.ok(Math.abs(idProbs.reduce((a, b) => a + b, 0) - 1) < 1e-5, 'id_probs is a distribution over the ID classes');
+    assert.equal(direct.labelProb, Math.max(...idProbs));
     assert.equal(r.json.ood.label, direct.label);
   });
 
@@ -202,6 +206,9 @@ describe('OOD gate on a real server (bundled detectors)', () => {
     assert.equal(bad.status, 422);
     assert.equal(bad.json.error.code, 'FAILED_PRECONDITION');
     assert.match(bad.json.error.message, /out of distribution for generate: OOD score [01]\.\d+ > tau 0\.\d+/);
+    // the message names the one setting that serves such inputs flagged instead
+    assert.match(bad.json.error.message, /set detector\.routes\.generate\.action=flag \(env CATSKIM_GATE_GENERATE_ACTION=flag\)$/);
+    assert.equal(bad.json.error.details.setting, 'detector.routes.generate.action=flag (env CATSKIM_GATE_GENERATE_ACTION=flag)');
     const d = bad.json.error.details;
     assert.ok(d.score > d.tau);
     assertOod(d.ood);
@@ -213,6 +220,7 @@ describe('OOD gate on a real server (bundled detectors)', () => {
   test('per-variant policy: reject on one variant, a raised tau on another', async () => {
     const strict = await post(s, { route: 'search', text: RANDOM, variant: 'strict' });
     assert.equal(strict.status, 422);
+    assert.match(strict.json.error.message, /set detector\.routes\.search\.variants\.strict\.action=flag$/);
     const lenient = await post(s, { route: 'search', text: 'zzzz', variant: 'lenient' });
     assert.equal(lenient.status, 200);
     assert.equal(lenient.json.ood.tau, 0.999999);
@@ -290,7 +298,7 @@ describe('gating switched off', () => {
 
   test('action=off on one route only', async () => {
     const s = await startServer({
-      config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] }, detector: { routes: { search: { action: 'off' } } } } as ConfigInput,
+      config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] }, detector: { routes: { search: { action: 'off' }, generate: { action: 'reject' } } } } as ConfigInput,
       capabilities: [detectorCapability, probeCapability],
     });
     try {

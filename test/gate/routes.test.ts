@@ -1,7 +1,7 @@
 /**
  * The OOD gate wired into the real routes, on real servers with the bundled detectors:
  * gRPC Generate / GenerateStream (generation capability, real CAT models) with reject and fallback,
- * and REST /v1/search (search capability, real encoders, HNSW over a small WordNet subset) with
+ * the default generation policy (flag: a modern prompt is served, marked), and REST /v1/search (search capability, real encoders, HNSW over a small WordNet subset) with
  * flag and reject. Checks the `ood` fields of every response and the error details.
  */
 import assert from 'node:assert/strict';
@@ -15,29 +15,18 @@ import type { ConfigInput } from '../../src/server/config.js';
 import { loadProto } from '../../src/server/grpc.js';
 import { startServer, type RunningServer } from '../../src/server/server.js';
 import { detectorCapability } from '../../src/server/gate/index.js';
+import type * as Wire from '../../src/server/wire.js';
 import { generationCapability, GENERATION_PROTO } from '../../src/server/generation/capability.js';
 import { SearchCapability } from '../../src/server/search/capability.js';
 import { loadWordnetLabels, type LabelRecord } from '../../src/index/wordnet.js';
 
-const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 const PROMPT = 'And the LORD spake unto Moses, saying, Speak unto the children of Israel, and say unto them,';
 const RANDOM = 'qzxv wkpf jjrt 8#@! xkq zzv plmq';
 
 type Client = grpc.Client & Record<string, (...a: unknown[]) => unknown>;
-interface Ood {
-  score: number;
-  tau: number;
-  gated: boolean;
-  action: string;
-  label: string;
-  labelProb: number;
-  fallbackTo: string;
-}
-interface Res {
-  text: string;
-  model: string;
-  ood: Ood | null;
-}
+type Ood = Wire.OodInfo;
+type Res = Wire.GenerateResponse;
 
 function generate(c: Client, req: object): Promise<Res> {
   return new Promise((resolve, reject) => c.Generate(req, (e: grpc.ServiceError | null, r: Res) => (e ? reject(e) : resolve(r))));
@@ -74,7 +63,7 @@ function isFailedPrecondition(e: grpc.ServiceError & { received?: number }): boo
   return true;
 }
 
-describe('gRPC Generate behind the OOD gate (reject by default, fallback on one model)', () => {
+describe('gRPC Generate behind the OOD gate (reject configured, fallback on one model)', () => {
   let s: RunningServer;
   let c: Client;
 
@@ -86,7 +75,7 @@ describe('gRPC Generate behind the OOD gate (reject by default, fallback on one 
         logLevel: 'silent',
         onnx: { providers: ['cpu'] },
         generation: { warmup: false },
-        detector: { routes: { generate: { variants: { 'dense-kjv': { action: 'fallback', fallback: 'cat-kjv' } } } } },
+        detector: { routes: { generate: { action: 'reject', variants: { 'dense-kjv': { action: 'fallback', fallback: 'cat-kjv' } } } } },
       } as ConfigInput,
       capabilities: [detectorCapability, generationCapability],
     });
@@ -145,6 +134,36 @@ describe('gRPC Generate behind the OOD gate (reject by default, fallback on one 
     assert.match(text, /catskim_gate_decisions_total\{route="generate",variant="cat-kjv",outcome="pass"\} [1-9]/);
     assert.match(text, /catskim_gate_decisions_total\{route="generate",variant="cat-kjv",outcome="rejected"\} [1-9]/);
     assert.match(text, /catskim_gate_decisions_total\{route="generate",variant="dense-kjv",outcome="fallback"\} 1/);
+  });
+});
+
+describe('gRPC Generate under the default gate config (flag)', () => {
+  let s: RunningServer;
+  let c: Client;
+
+  before(async () => {
+    s = await startServer({
+      config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] }, generation: { warmup: false } } as ConfigInput,
+      capabilities: [detectorCapability, generationCapability],
+    });
+    await s.ready;
+    const pkg = grpc.loadPackageDefinition(loadProto(GENERATION_PROTO)) as unknown as { catskim: { v1: { Generation: grpc.ServiceClientConstructor } } };
+    c = new pkg.catskim.v1.Generation(s.grpcAddress, grpc.credentials.createInsecure()) as unknown as Client;
+  });
+
+  after(async () => {
+    c?.close();
+    await s?.close();
+  });
+
+  test('"Write me a poem about my cat" is served (flagged when gated), never rejected', async () => {
+    const r = await generate(c, { model: 'cat-kjv', prompt: 'Write me a poem about my cat', maxTokens: 4 });
+    assert.equal(r.model, 'cat-kjv');
+    assert.ok(r.text.length > 0);
+    checkOod(r.ood, r.ood!.score > r.ood!.tau, 'flag');
+    // and a prompt far outside the KJV is flagged, still served
+    const far = await generate(c, { model: 'cat-kjv', prompt: RANDOM, maxTokens: 4 });
+    checkOod(far.ood, true, 'flag');
   });
 });
 

@@ -7,6 +7,7 @@ import { after, before, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { startServer, type RunningServer } from '../../src/server/server.js';
 import { loadProto } from '../../src/server/grpc.js';
+import type * as Wire from '../../src/server/wire.js';
 import { generationCapability, GENERATION_PROTO } from '../../src/server/generation/capability.js';
 import { loadFixtures } from '../engine/helpers.js';
 import { metricValue as metric, reflectionClient, rejectsWithCode as rejects, until } from '../server/helpers.js';
@@ -18,18 +19,8 @@ function client(address: string): Client {
   return new pkg.catskim.v1.Generation(address, grpc.credentials.createInsecure()) as unknown as Client;
 }
 
-interface Res {
-  text: string;
-  finishReason: string;
-  model: string;
-  chunkSize: number;
-  seed: number;
-  usage: { promptTokens: number; completionTokens: number; peakKvCacheBytes: number };
-}
-interface Chunk extends Partial<Res> {
-  text: string;
-  completionTokens: number;
-}
+type Res = Wire.GenerateResponse;
+type Chunk = Wire.GenerateChunk;
 
 function generate(c: Client, req: object, deadlineMs?: number): Promise<Res> {
   return new Promise((resolve, reject) => {
@@ -60,8 +51,8 @@ describe('Generation over gRPC', () => {
 
   before(async () => {
     s = await startServer({
-      // [ood gate] engine tests, not gate tests: flag instead of the default reject, since a truncated
-      // fixture prompt ("...created the heav") sits at the generation detector's threshold (test/gate/ covers rejects)
+      // [ood gate] engine tests, not gate tests: flag (the default) stated here so that a truncated fixture
+      // prompt ("...created the heav") near the detector's threshold never fails them (test/gate/ covers rejects)
       config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] }, generation: { maxTokensLimit: 2048, streamCoalesceTokens: 4, streamCoalesceMs: 5 }, detector: { routes: { generate: { action: 'flag' } } } },
       capabilities: [generationCapability],
     });
@@ -199,9 +190,17 @@ describe('Generation over gRPC', () => {
     await rejects(generate(c, { prompt: PROMPT, topP: 1.5 }), I, /^top_p/);
     await rejects(generate(c, { prompt: PROMPT, seed: '18446744073709551615' }), I, /^seed/);
     await rejects(generate(c, { prompt: PROMPT, stop: [''] }), I, /^stop: stop\[0\] must not be empty/);
+    await rejects(generate(c, { prompt: PROMPT, repetitionPenalty: -1 }), I, /^repetition_penalty: must be a number in \(0, 10\]/);
+    await rejects(generate(c, { prompt: PROMPT, frequencyPenalty: 2.5 }), I, /^frequency_penalty: must be a number in \[-2, 2\]/);
+    await rejects(generate(c, { prompt: PROMPT, presencePenalty: -3 }), I, /^presence_penalty: must be a number in \[-2, 2\]/);
     // the server is still fine
     const ok = await generate(c, { prompt: PROMPT, maxTokens: 2 });
     assert.equal(ok.usage.completionTokens, 2);
+    // penalties reach the sampler: greedy text changes under a repetition penalty, and is reproducible
+    const plain = await generate(c, { prompt: PROMPT, maxTokens: 40 });
+    const pen = await generate(c, { prompt: PROMPT, maxTokens: 40, repetitionPenalty: 1.5, presencePenalty: 0.5 });
+    assert.notEqual(pen.text, plain.text);
+    assert.equal((await generate(c, { prompt: PROMPT, maxTokens: 40, repetitionPenalty: 1.5, presencePenalty: 0.5 })).text, pen.text);
   });
 
   test('reflection serves catskim.v1.Generation and its file', async () => {
@@ -260,7 +259,8 @@ describe('Generation admission and draining', () => {
 
   before(async () => {
     s = await startServer({
-      config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] }, generation: { models: [{ name: 'cat-kjv', dir: 'cat/adaptive' }], maxRunning: 1, maxWaiting: 1, warmup: false } },
+      // shedding off: these tests exercise the engine's own bounded queue behind it
+      config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] }, generation: { models: [{ name: 'cat-kjv', dir: 'cat/adaptive' }], maxRunning: 1, maxWaiting: 1, warmup: false }, shedding: { enabled: false } },
       capabilities: [generationCapability],
     });
     await s.ready;

@@ -10,10 +10,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { runner, request, loadFixtures, SCHED, drive } from '../engine/helpers.js';
-import { Scheduler } from '../../src/engine/scheduler.js';
+import { EngineCore } from '../../src/engine/cat/worker.js';
 import { encode } from '../../src/engine/tokenizer.js';
-import type { TokenEvent, TokenLogprob, WorkerRequest } from '../../src/engine/types.js';
-import type { ModelRunner } from '../../src/engine/model.js';
+import type { TokenEvent, TokenLogprob, WorkerRequest } from '../../src/engine/cat/types.js';
+import type { CatModel } from '../../src/engine/cat/model.js';
 
 const KJV =
   'And the LORD God formed man of the dust of the ground, and breathed into his nostrils the breath of life; and man became a living soul. ' +
@@ -28,8 +28,8 @@ interface ChoiceOut {
 }
 
 /** Runs requests on one fresh scheduler; outcome per request id and choice index. */
-async function run(r: ModelRunner, reqs: WorkerRequest[], opts = OPTS, tap?: Scheduler['logitsTap']): Promise<{ out: Map<string, ChoiceOut[]>; sched: Scheduler; events: TokenEvent[] }> {
-  const s = new Scheduler(r, opts);
+async function run(r: CatModel, reqs: WorkerRequest[], opts = OPTS, tap?: EngineCore['logitsTap']): Promise<{ out: Map<string, ChoiceOut[]>; sched: EngineCore; events: TokenEvent[] }> {
+  const s = new EngineCore(r, opts);
   s.logitsTap = tap ?? null;
   for (const q of reqs) s.submit(q);
   const out = new Map<string, ChoiceOut[]>();
@@ -72,7 +72,7 @@ for (const [kind, C] of [['adaptive', 4], ['adaptive', 16], ['adaptive', 32], ['
     const prompt = encode(KJV.slice(0, 75));
     const group: WorkerRequest = { ...request(prompt, { chunkSize: C, maxTokens: 40, sampling: SAMPLING }), n: 4, logprobs: 3 };
     const firstLogits = new Map<string, Float32Array>();
-    const tap: Scheduler['logitsTap'] = (id, logits, off) => {
+    const tap: EngineCore['logitsTap'] = (id, logits, off) => {
       if (!firstLogits.has(id)) firstLogits.set(id, logits.slice(off, off + 256));
     };
     const g = await run(r, [group], OPTS, tap);
@@ -126,7 +126,7 @@ test('n samples next to other requests, with a full batch: admission waits for n
     assert.deepEqual(together.out.get(q.id)!.map((c) => c.tokens), alone.out.get(q.id)!.map((c) => c.tokens), q.id);
   }
   // stats count samples: a waiting request of n = 3 shows 3 waiting
-  const s = new Scheduler(r, { ...OPTS, maxRunning: 4, prefillChunk: 2, prefillBudget: 2 });
+  const s = new EngineCore(r, { ...OPTS, maxRunning: 4, prefillChunk: 2, prefillBudget: 2 });
   s.submit(mk(3, '1'));
   s.submit(mk(3, '2'));
   await s.tick();
@@ -138,7 +138,7 @@ test('n samples next to other requests, with a full batch: admission waits for n
 test('cancelling a request before its fork ends every choice and frees the cache', async () => {
   const r = await runner('adaptive');
   const prompt = encode(KJV.repeat(3));
-  const s = new Scheduler(r, { ...OPTS, prefillChunk: 4, prefillBudget: 4 });
+  const s = new EngineCore(r, { ...OPTS, prefillChunk: 4, prefillBudget: 4 });
   const q = { ...request(prompt, { chunkSize: 4, maxTokens: 10, sampling: SAMPLING }), n: 3 };
   s.submit(q);
   await s.tick();

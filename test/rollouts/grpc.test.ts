@@ -9,6 +9,7 @@ import { after, before, describe, test } from 'node:test';
 import * as grpc from '@grpc/grpc-js';
 import { startServer, type RunningServer } from '../../src/server/server.js';
 import { loadProto } from '../../src/server/grpc.js';
+import type * as Wire from '../../src/server/wire.js';
 import { generationCapability, GENERATION_PROTO } from '../../src/server/generation/capability.js';
 import { loadFixtures } from '../engine/helpers.js';
 import { metricValue as metric, rejectsWithCode as rejects } from '../server/helpers.js';
@@ -20,47 +21,11 @@ function client(address: string): Client {
   return new pkg.catskim.v1.Generation(address, grpc.credentials.createInsecure()) as unknown as Client;
 }
 
-interface Lp {
-  token: number;
-  logprob: number;
-  rawLogprob: number;
-  topLogprobs: Array<{ token: number; logprob: number; rawLogprob: number }>;
-}
-interface Choice {
-  index: number;
-  text: string;
-  finishReason: string;
-  tokenIds: number[];
-  logprobs: Lp[];
-  completionTokens: number;
-}
-interface Res {
-  text: string;
-  finishReason: string;
-  model: string;
-  chunkSize: number;
-  seed: number;
-  usage: { promptTokens: number; completionTokens: number; peakKvCacheBytes: number };
-  choices: Choice[];
-}
-interface Chunk {
-  text: string;
-  completionTokens: number;
-  finishReason: string;
-  index: number;
-  tokenIds: number[];
-  logprobs: Lp[];
-  usage?: Res['usage'];
-  model: string;
-  seed: number;
-}
-interface ScoreRes {
-  model: string;
-  chunkSize: number;
-  promptTokens: number;
-  continuations: Array<{ index: number; tokenIds: number[]; logprobs: Lp[]; sumRawLogprob: number; sumLogprob: number }>;
-  usage: Res['usage'];
-}
+type Lp = Wire.TokenLogprob;
+type Choice = Wire.Choice;
+type Res = Wire.GenerateResponse;
+type Chunk = Wire.GenerateChunk;
+type ScoreRes = Wire.ScoreResponse;
 
 function call<T>(c: Client, method: string, req: object): Promise<T> {
   return new Promise((resolve, reject) => c[method]!(req, (err: grpc.ServiceError | null, res: T) => (err ? reject(err) : resolve(res))));

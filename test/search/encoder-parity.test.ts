@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Encoder, readEncoderManifest } from '../../src/engine/encoder.js';
 
-const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 const EXPORT = join(ROOT, 'models/skim/export');
 
 interface Parity {

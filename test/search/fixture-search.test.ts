@@ -7,7 +7,7 @@ import { Encoder } from '../../src/engine/encoder.js';
 import { VectorIndex } from '../../src/index/vector-index.js';
 import { loadWordnetLabels } from '../../src/index/wordnet.js';
 
-const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 
 interface Fixture {
   label_ids: string[];

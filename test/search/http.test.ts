@@ -10,10 +10,10 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startServer, type RunningServer } from '../../src/server/server.js';
 import { SearchCapability } from '../../src/server/search/capability.js';
-import type { SearchConfig } from '../../src/server/search/config.js';
+import type { SearchConfig } from '../../src/serving/search/config.js';
 import { loadWordnetLabels, type LabelRecord } from '../../src/index/wordnet.js';
 
-const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 const TOKEN = 'test-admin-token-0123456789';
 
 const fixtureIds = new Set<string>((JSON.parse(readFileSync(join(ROOT, 'models/skim/export/skim/fixture.json'), 'utf8')) as { label_ids: string[] }).label_ids);
@@ -23,7 +23,8 @@ const LABELS: LabelRecord[] = ALL.filter((l) => fixtureIds.has(l.id));
 
 async function start(cacheDir: string, over: Partial<SearchConfig> = {}, labels: LabelRecord[] = LABELS): Promise<RunningServer> {
   return startServer({
-    config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] } },
+    // shedding off: bursts here test search itself (per-request ef), not admission (test/serving/shedding.test.ts)
+    config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] }, shedding: { enabled: false } },
     capabilities: [(ctx) => new SearchCapability(ctx, { cacheDir, M: 4, efConstruction: 16, workersPerModel: 2, ...over }, { baseLabels: labels })],
   });
 }
@@ -70,7 +71,7 @@ test('ready only after the index is built and warm; models report their index', 
 });
 
 test('POST /v1/search: best first, fields, model, request id, timing', async () => {
-  const r = await post(s, { query: 'dog' }, { 'x-request-id': 'req-123' });
+  const r = await post(s, { query: 'dog', mode: 'dense' }, { 'x-request-id': 'req-123' });
   assert.equal(r.status, 200);
   assert.equal(r.json.model, 'skim');
   assert.equal(r.json.request_id, 'req-123');
@@ -79,6 +80,7 @@ test('POST /v1/search: best first, fields, model, request id, timing', async () 
   for (const x of r.json.results) {
     assert.match(x.id, /^[0-9]{8}-[nvasr]$/);
     assert.equal(typeof x.text, 'string');
+    assert.ok(Array.isArray(x.words) && x.words.every((w: unknown) => typeof w === 'string'));
     assert.ok(['n', 'v', 'a', 's', 'r'].includes(x.pos));
     assert.equal(typeof x.lexfile, 'string');
   }
@@ -90,9 +92,9 @@ test('POST /v1/search: best first, fields, model, request id, timing', async () 
 });
 
 test('exact search, filters, score_threshold, large k', async () => {
-  const ex = await post(s, { query: 'a large body of water', exact: true, k: 20 });
+  const ex = await post(s, { query: 'a large body of water', exact: true, k: 20, mode: 'dense' });
   assert.equal(ex.json.search.method, 'exact');
-  const hn = await post(s, { query: 'a large body of water', ef: 4000, k: 20 });
+  const hn = await post(s, { query: 'a large body of water', ef: 4000, k: 20, mode: 'dense' });
   assert.equal(hn.json.search.method, 'hnsw');
   assert.equal(hn.json.search.ef, 4000);
   // a weak graph (M=4) may still miss a few; most must agree with brute force
@@ -158,8 +160,8 @@ test('concurrent searches with different ef each get their own ef', async () => 
   const ref = new Map<string, string>();
   let differ = 0;
   for (const q of queries) {
-    const lo = await post(s, { query: q, ef: 1, k: 10 });
-    const hi = await post(s, { query: q, ef: 2000, k: 10 });
+    const lo = await post(s, { query: q, ef: 1, k: 10, mode: 'dense' });
+    const hi = await post(s, { query: q, ef: 2000, k: 10, mode: 'dense' });
     assert.equal(lo.json.search.ef, 10, 'ef is raised to k');
     ref.set(`${q}|1`, JSON.stringify(lo.json.results.map((x: any) => x.id)));
     ref.set(`${q}|2000`, JSON.stringify(hi.json.results.map((x: any) => x.id)));
@@ -168,7 +170,7 @@ test('concurrent searches with different ef each get their own ef', async () => 
   assert.ok(differ > 0, 'the fixture must make ef matter, or this test could not fail');
   const jobs = [];
   for (let rep = 0; rep < 6; rep++) for (const q of queries) for (const ef of [1, 2000]) jobs.push({ q, ef });
-  const out = await Promise.all(jobs.map(async (j) => ({ j, r: await post(s, { query: j.q, ef: j.ef, k: 10 }) })));
+  const out = await Promise.all(jobs.map(async (j) => ({ j, r: await post(s, { query: j.q, ef: j.ef, k: 10, mode: 'dense' }) })));
   for (const { j, r } of out) {
     assert.equal(r.status, 200);
     assert.equal(JSON.stringify(r.json.results.map((x: any) => x.id)), ref.get(`${j.q}|${j.ef}`), `${j.q} ef ${j.ef}`);
@@ -206,7 +208,7 @@ test('admin: auth, add / replace / delete, validation', async () => {
   }
   const add = await call(s, 'PUT', `/v1/admin/labels/${newId}`, { text, lexfile: 'noun.artifact' }, TOKEN);
   assert.equal(add.status, 201);
-  assert.deepEqual(add.json, { created: true, label: { id: newId, text, pos: 'n', lexfile: 'noun.artifact' } });
+  assert.deepEqual(add.json, { created: true, label: { id: newId, text, words: [], pos: 'n', lexfile: 'noun.artifact' } });
   for (const model of ['skim', 'baseline']) {
     const r = await post(s, { query: text, model, k: 3, exact: true });
     assert.equal(r.json.results[0].id, newId, model);

@@ -13,7 +13,7 @@ import { startServer, type RunningServer } from '../../src/server/server.js';
 import { SearchCapability } from '../../src/server/search/capability.js';
 import { loadWordnetLabels, type LabelRecord } from '../../src/index/wordnet.js';
 
-const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
+const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 const TOKEN = 'test-admin-token-restart-0123';
 const fixtureIds = new Set<string>((JSON.parse(readFileSync(join(ROOT, 'models/skim/export/skim/fixture.json'), 'utf8')) as { label_ids: string[] }).label_ids);
 const LABELS: LabelRecord[] = loadWordnetLabels().filter((l) => fixtureIds.has(l.id));
@@ -24,7 +24,8 @@ let cap: SearchCapability;
 before(async () => {
   const cacheDir = mkdtempSync(join(tmpdir(), 'search-restart-'));
   s = await startServer({
-    config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] } },
+    // shedding off: the burst below must reach the worker that is killed
+    config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] }, shedding: { enabled: false } },
     capabilities: [(ctx) => (cap = new SearchCapability(ctx, { cacheDir, M: 4, efConstruction: 16, workersPerModel: 1, adminToken: TOKEN }, { baseLabels: LABELS }))],
   });
   await s.ready;

@@ -13,7 +13,7 @@ import {
   NotFoundError,
   ResourceExhaustedError,
   UnavailableError,
-} from '../../src/errors.js';
+} from '../../src/common/errors.js';
 import { createSession, releaseSession, runTinyAddModel, tinyAddModel, type CreatedSession } from '../../src/engine/session.js';
 import type { Capability, CapabilityContext } from '../../src/server/capability.js';
 import { PACKAGE_ROOT, type Config } from '../../src/server/config.js';

@@ -259,7 +259,10 @@ describe('server: admission control and failed start-up', () => {
       c.close();
       assert.equal(g.err?.code, grpc.status.RESOURCE_EXHAUSTED);
       assert.equal(g.err?.metadata.get('retry-after')[0], '3');
-      assert.equal((await getJson(`${s.httpUrl}/readyz`)).status, 200);
+      // probes still answer; readiness says the server is saturated (issue 16)
+      const rz = await getJson(`${s.httpUrl}/readyz`);
+      assert.equal(rz.status, 503);
+      assert.match(rz.body.reason, /^saturated: 1\/1 /);
       assert.equal((await slow).status, 200);
       const after = await getJson(`${s.httpUrl}/v1/test/echo`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"text":"a"}' });
       assert.equal(after.status, 200, 'the slot is released');

@@ -1,6 +1,6 @@
 /**
- * The experiments capability: owns the A/B router (routes reach it with ExperimentRouter.get or
- * the helpers in routing.ts), the feedback store and these HTTP routes:
+ * The experiments capability: owns the A/B router (it sets ctx.experiments.router, which the
+ * serving pipeline and the routing helpers read), the feedback store and these HTTP routes:
  *
  *   POST   /v1/feedback                       {request_id, type?: click|reward, result_id?, reward?} -> 202
  *   GET    /v1/admin/experiments              experiments, variants, shares, recent rollbacks
@@ -14,15 +14,19 @@
  * a 404 would hide a misconfiguration). Missing/wrong token: 401. Changes persist in
  * <experiments.dir>/state.json and survive restarts (while the config entry they changed stays the same).
  */
+import { existsSync } from 'node:fs';
 import { isAbsolute, join, resolve } from 'node:path';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { CatskimError, InvalidArgumentError, NotFoundError } from '../../errors.js';
+import { CatskimError, InvalidArgumentError, NotFoundError } from '../../common/errors.js';
 import type { Capability, CapabilityContext, CapabilityFactory } from '../capability.js';
 import { PACKAGE_ROOT, type Config } from '../config.js';
 import { ERROR_SCHEMA_ID, errorResponses, requireBearerToken } from '../http.js';
-import type { ExperimentDef, ExperimentsConfig } from './config.js';
-import { ExperimentRouter } from './router.js';
-import { FeedbackStore } from './store.js';
+import type { ExperimentDef, ExperimentsConfig } from '../../serving/experiments/config.js';
+import { ExperimentRouter } from '../../serving/experiments/router.js';
+import { FeedbackStore, SqliteFeedbackBackend } from '../../serving/experiments/store.js';
+import { JsonExperimentState } from '../../serving/state/json-experiments.js';
+import { reportFromFile, reportFromShared } from '../../serving/experiments/report.js';
+import { registerReportRoute } from './report-route.js';
 
 const errorRef = { $ref: `${ERROR_SCHEMA_ID}#` } as const;
 
@@ -51,16 +55,19 @@ export class ExperimentsCapability implements Capability {
   ) {
     this.cfg = { ...ctx.config.experiments, ...overrides };
     const dir = experimentsDir(this.cfg);
-    this.router = new ExperimentRouter(this.cfg, join(dir, 'state.json'), ctx.logger, ctx.registry);
+    // shared state (PostgreSQL): every replica's experiment changes, impressions and feedback in one place
+    const shared = ctx.state;
+    this.router = new ExperimentRouter(this.cfg, shared ?? new JsonExperimentState(join(dir, 'state.json')), ctx.logger, ctx.registry);
     if (this.cfg.feedback) {
-      this.store = new FeedbackStore({ path: join(dir, 'feedback.sqlite'), maxQueue: this.cfg.maxQueue, batchSize: this.cfg.batchSize, flushMs: this.cfg.flushMs, logger: ctx.logger, registry: ctx.registry });
+      this.store = new FeedbackStore({ backend: shared ? shared.feedback : new SqliteFeedbackBackend(join(dir, 'feedback.sqlite')), maxQueue: this.cfg.maxQueue, batchSize: this.cfg.batchSize, flushMs: this.cfg.flushMs, logger: ctx.logger, registry: ctx.registry });
       this.router.store = this.store;
     }
-    ExperimentRouter.attach(ctx.registry, this.router);
+    ctx.experiments.router = this.router;
   }
 
   async start(): Promise<void> {
     await this.store?.ready();
+    await this.router.load();
     this.router.syncStore();
     // models named by variants but not served by this config: a request routed there fails
     const c = this.ctx.config;
@@ -82,6 +89,7 @@ export class ExperimentsCapability implements Capability {
   }
 
   async close(): Promise<void> {
+    this.router.close();
     await this.store?.close();
   }
 
@@ -125,7 +133,7 @@ export class ExperimentsCapability implements Capability {
       store.countFeedback(labels, 'invalid');
       throw new InvalidArgumentError('body.reward', 'is required when type is "reward"');
     }
-    store.recordFeedback({ request_id: body.request_id, ts: Date.now(), kind: type, result_id: body.result_id ?? null, reward }, labels);
+    await store.recordFeedback({ request_id: body.request_id, ts: Date.now(), kind: type, result_id: body.result_id ?? null, reward }, labels);
     return { request_id: body.request_id, accepted: true, type, reward, experiment: imp.experiment ?? undefined, variant: imp.variant ?? undefined };
   }
 
@@ -172,6 +180,15 @@ export class ExperimentsCapability implements Capability {
     );
 
     const admin = { preValidation: async (request: FastifyRequest) => this.checkAdmin(request) };
+    // the console's per-variant CTR / p99 / guard view (report-route.ts)
+    const shared = this.ctx.state;
+    const dbPath = feedbackDbPath(this.cfg);
+    registerReportRoute(app, {
+      checkAdmin: (r) => this.checkAdmin(r),
+      router: this.router,
+      store: this.store,
+      report: async (o) => (shared ? reportFromShared(shared, o) : existsSync(dbPath) ? reportFromFile(dbPath, o) : []),
+    });
     app.get('/v1/admin/experiments', { ...admin, schema: { summary: 'Experiments, variants and recent rollbacks (bearer token)', tags: ['admin'], response: { 200: { type: 'object', additionalProperties: true }, ...adminResponses } } }, async () => ({
       experiments: this.router.list().map((d) => this.view(d)),
       variants: this.router.variants,
@@ -189,7 +206,7 @@ export class ExperimentsCapability implements Capability {
       { ...admin, schema: { summary: 'Create or replace an experiment (bearer token)', tags: ['admin'], params: nameParams, body: { type: 'object' }, response: { 200: expSchema, 201: expSchema, ...adminResponses } } },
       async (request, reply: FastifyReply) => {
         const { name } = request.params as { name: string };
-        const r = this.router.put(name, request.body);
+        const r = await this.router.put(name, request.body);
         return reply.code(r.created ? 201 : 200).send(this.view(r.experiment));
       },
     );
@@ -198,7 +215,7 @@ export class ExperimentsCapability implements Capability {
       { ...admin, schema: { summary: 'Change part of an experiment, e.g. {"weights":{"skim":90}} (bearer token)', tags: ['admin'], params: nameParams, body: { type: 'object' }, response: { 200: expSchema, ...adminResponses } } },
       async (request) => {
         const { name } = request.params as { name: string };
-        return this.view(this.router.patch(name, request.body));
+        return this.view(await this.router.patch(name, request.body));
       },
     );
     app.delete(
@@ -206,7 +223,7 @@ export class ExperimentsCapability implements Capability {
       { ...admin, schema: { summary: 'Delete an experiment (bearer token)', tags: ['admin'], params: nameParams, response: { 200: { type: 'object', properties: { name: { type: 'string' }, deleted: { type: 'boolean' } } }, ...adminResponses } } },
       async (request) => {
         const { name } = request.params as { name: string };
-        this.router.delete(name);
+        await this.router.delete(name);
         return { name, deleted: true };
       },
     );

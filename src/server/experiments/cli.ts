@@ -1,18 +1,22 @@
 /**
- * `catskim experiment report [--db file] [--config file] [--experiment name] [--since 2h|ISO] [--control name] [--json]`
+ * `catskim experiment report [--db file | --state-url postgres://...] [--config file] [--experiment name] [--since 2h|ISO] [--control name] [--json]`
  *
- * Reads the feedback database (default: the configured experiments.dir/feedback.sqlite) and prints
+ * Reads the feedback database (default: PostgreSQL when the config has state.url, else the
+ * configured experiments.dir/feedback.sqlite) and prints
  * per variant: requests, CTR with its 95% interval, a two-proportion z-test against the control,
  * mean reward, latency p50/p99 and the error rate.
  */
 import { existsSync } from 'node:fs';
 import { loadConfig } from '../config.js';
 import { feedbackDbPath } from './capability.js';
-import { formatReport, reportFromFile } from './report.js';
+import { redactUrl } from '../../serving/state/postgres.js';
+import { formatReport, reportFromFile, reportFromPostgres, type ExperimentReport } from '../../serving/experiments/report.js';
 
 const USAGE = `usage: catskim experiment report [options]
 
   --db FILE          feedback database (default: <experiments.dir>/feedback.sqlite from the config)
+  --state-url URL    read every replica's data from PostgreSQL (default: state.url from the config
+                     or CATSKIM_STATE_URL)
   --config FILE      server config to read experiments.dir from (or CATSKIM_CONFIG)
   --experiment NAME  only this experiment
   --since T          only impressions since T: an ISO time or a duration back from now (30m, 2h, 7d)
@@ -38,7 +42,7 @@ export async function runExperimentCli(argv: readonly string[], out: (s: string)
   for (let i = 0; i < rest.length; i++) {
     const a = rest[i];
     if (a === '--json') opts.json = true;
-    else if (['--db', '--config', '--experiment', '--since', '--control'].includes(a)) {
+    else if (['--db', '--state-url', '--config', '--experiment', '--since', '--control'].includes(a)) {
       if (i + 1 >= rest.length) {
         err(`${a} needs a value\n${USAGE}`);
         return 2;
@@ -51,19 +55,28 @@ export async function runExperimentCli(argv: readonly string[], out: (s: string)
   }
   try {
     let db = opts.db as string | undefined;
-    if (!db) {
+    let stateUrl = opts['state-url'] as string | undefined;
+    if (!db && !stateUrl) {
       const config = loadConfig({ env: process.env, configFile: opts.config as string | undefined });
-      db = feedbackDbPath(config.experiments);
+      if (config.state.url) stateUrl = config.state.url;
+      else db = feedbackDbPath(config.experiments);
     }
-    if (!existsSync(db)) {
-      err(`no feedback database at ${db} (run the server with experiments.feedback=true, or pass --db)`);
-      return 1;
-    }
-    const reports = reportFromFile(db, {
+    const ropts = {
       experiment: opts.experiment as string | undefined,
       since: opts.since ? parseSince(opts.since as string) : undefined,
       control: opts.control as string | undefined,
-    });
+    };
+    let reports: ExperimentReport[];
+    if (stateUrl) {
+      db = redactUrl(stateUrl);
+      reports = await reportFromPostgres(stateUrl, ropts);
+    } else {
+      if (!existsSync(db!)) {
+        err(`no feedback database at ${db} (run the server with experiments.feedback=true, or pass --db)`);
+        return 1;
+      }
+      reports = reportFromFile(db!, ropts);
+    }
     if (opts.experiment && reports.length === 0) {
       err(`no traffic recorded for experiment "${opts.experiment}" in ${db}`);
       return 1;

@@ -1,19 +1,18 @@
 /**
  * The detector capability: loads the OOD detectors the routes use and warms each up with a real
  * inference in start() (so /readyz waits for them); drains and closes them on shutdown. The routes
- * themselves call `Gate.for(ctx).check(...)` (see gate.ts). List it before search and generation in
- * src/server/capabilities.ts.
+ * themselves call `ctx.gate.check(...)` (see src/serving/gate/gate.ts).
  */
 import type { Capability, CapabilityContext, CapabilityFactory } from '../capability.js';
 import type { Config } from '../config.js';
-import { Gate } from './gate.js';
+import type { Gate } from '../../serving/gate/gate.js';
 
 export class DetectorCapability implements Capability {
   readonly name = 'detector';
   readonly gate: Gate;
 
   constructor(ctx: CapabilityContext<Config>) {
-    this.gate = Gate.for(ctx);
+    this.gate = ctx.gate;
   }
 
   async start(): Promise<void> {
