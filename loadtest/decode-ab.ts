@@ -15,10 +15,10 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { CatModel, type DecodeInputs } from '../src/engine/cat/model.js';
+import { CatModel } from '../src/engine/cat/model.js';
 import type { OnnxConfig } from '../src/engine/session.js';
 import { PACKAGE_ROOT } from '../src/server/config.js';
-import { Args, checkTunables, fmt, machineLine, median } from './lib.js';
+import { Args, catPast, checkTunables, decodeInputs, fmt, machineLine, median } from './lib.js';
 
 const A = new Args();
 const ROUNDS = A.num('rounds', 5);
@@ -39,31 +39,13 @@ for (const graph of ['concat', 'concat-free']) {
   console.log(r.stdout.trim());
 }
 
-/** Past length of a C-chunked request at `ctx` bytes: dummy + compressed slots + the open block. */
-const catPast = (ctx: number, C: number) => 1 + Math.floor(ctx / C) + 1 + (ctx % C);
-
-function inputs(m: CatModel, B: number, P: number): DecodeInputs {
-  const { nLayers: L, nHeads: H, headDim: Dh, dModel: D } = m.info;
-  const rnd = (n: number, s: number) => Float32Array.from({ length: n }, (_, i) => Math.sin((i + s) * 12.9898) * 0.5);
-  return {
-    B, T: 1, P,
-    inputIds: BigInt64Array.from({ length: B }, (_, i) => BigInt(65 + i)),
-    specialEmbeds: new Float32Array(B * D),
-    useSpecial: new Uint8Array(B),
-    positionIds: BigInt64Array.from({ length: B }, () => BigInt(P)),
-    attnBias: new Float32Array(B * (P + 1)),
-    pastKey: Array.from({ length: L }, (_, l) => rnd(B * H * P * Dh, l)),
-    pastValue: Array.from({ length: L }, (_, l) => rnd(B * H * P * Dh, 100 + l)),
-  };
-}
-
 interface Row { model: string; B: number; P: number; concatMs: number; copyFreeMs: number; speedup: number; roundSpeedups: number[]; calls: number }
 const rows: Row[] = [];
 for (const [model, sub, P] of [['dense', 'dense', CONTEXT - 32], ['cat-16', 'adaptive', catPast(CONTEXT, 16)]] as const) {
   const a = await CatModel.load(`${model}/concat`, join(DIR, 'concat', sub), { onnx: ONNX, verifySha256: false });
   const b = await CatModel.load(`${model}/copy-free`, join(DIR, 'copy-free', sub), { onnx: ONNX, verifySha256: false });
   for (const B of BATCHES) {
-    const x = inputs(a, B, P);
+    const x = decodeInputs(a, B, P);
     const calls = Math.max(10, Math.min(100, Math.round(600 / Math.max(1, (B * P) / 400))));
     for (let i = 0; i < 3; i++) { await a.decode(x); await b.decode(x); }
     const ra: number[] = [];

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { CatModel, type DecodeInputs, type DecodeOutputs } from '../src/engine/cat/model.js';
 import { ExecutionProviderError, type OnnxConfig } from '../src/engine/session.js';
 import { PACKAGE_ROOT } from '../src/server/config.js';
-import { Args, fmt, median } from './lib.js';
+import { Args, catPast, decodeInputs, fmt, median } from './lib.js';
 
 const A = new Args();
 const BATCHES = A.list('batches', [1, 8, 32]);
@@ -23,24 +23,6 @@ const TOL = A.num('tol', 1e-3);
 const base: OnnxConfig = { providers: ['cpu'], strict: true, graphOptimizationLevel: 'all', intraOpThreads: 1, interOpThreads: 1, deviceId: A.num('device-id', 0) };
 const cpu = base;
 const cuda: OnnxConfig = { ...base, providers: ['cuda'], intraOpThreads: 0 };
-
-/** Past length of a C-chunked request at `ctx` bytes: dummy + compressed slots + the open block. */
-const catPast = (ctx: number, C: number) => 1 + Math.floor(ctx / C) + 1 + (ctx % C);
-
-function inputs(m: CatModel, B: number, P: number): DecodeInputs {
-  const { nLayers: L, nHeads: H, headDim: Dh, dModel: D } = m.info;
-  const rnd = (n: number, s: number) => Float32Array.from({ length: n }, (_, i) => Math.sin((i + s) * 12.9898) * 0.5);
-  return {
-    B, T: 1, P,
-    inputIds: BigInt64Array.from({ length: B }, (_, i) => BigInt(65 + i)),
-    specialEmbeds: new Float32Array(B * D),
-    useSpecial: new Uint8Array(B),
-    positionIds: BigInt64Array.from({ length: B }, () => BigInt(P)),
-    attnBias: new Float32Array(B * (P + 1)),
-    pastKey: Array.from({ length: L }, (_, l) => rnd(B * H * P * Dh, l)),
-    pastValue: Array.from({ length: L }, (_, l) => rnd(B * H * P * Dh, 100 + l)),
-  };
-}
 
 function worstDiff(a: DecodeOutputs, b: DecodeOutputs): { abs: number; ok: boolean } {
   let worst = 0;
@@ -89,7 +71,7 @@ for (const [model, sub, P] of [['cat-16', 'adaptive', catPast(CONTEXT, 16)], ['d
   const c = await CatModel.load(`${model}/cpu`, dir, { onnx: cpu, verifySha256: true });
   console.log(`${model}: decode session on ${g.provider} (CUDA) and ${c.provider} (CPU)`);
   for (const B of BATCHES) {
-    const x = inputs(c, B, P);
+    const x = decodeInputs(c, B, P);
     const d = worstDiff(await c.decode(x), await g.decode(x));
     if (!d.ok) parityFailed = true;
     const calls = Math.max(10, Math.min(100, Math.round(600 / Math.max(1, (B * P) / 400))));

@@ -7,6 +7,7 @@ import { cpus, totalmem } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
+import type { CatModel, DecodeInputs } from '../src/engine/cat/model.js';
 
 /** `--name value` / `--flag` parsing over process.argv (no dependency). */
 export class Args {
@@ -141,3 +142,22 @@ export function prompt(len: number, offset = 0): string {
 }
 
 export const fmt = (x: number, d = 1): string => (Number.isFinite(x) ? x.toFixed(d) : '-');
+
+/** Past length of a C-chunked request at `ctx` bytes: dummy + compressed slots + the open block. */
+export const catPast = (ctx: number, C: number) => 1 + Math.floor(ctx / C) + 1 + (ctx % C);
+
+/** Synthetic decode inputs (one new token per row after a deterministic past of P slots), for timing and parity runs. */
+export function decodeInputs(m: CatModel, B: number, P: number): DecodeInputs {
+  const { nLayers: L, nHeads: H, headDim: Dh, dModel: D } = m.info;
+  const rnd = (n: number, s: number) => Float32Array.from({ length: n }, (_, i) => Math.sin((i + s) * 12.9898) * 0.5);
+  return {
+    B, T: 1, P,
+    inputIds: BigInt64Array.from({ length: B }, (_, i) => BigInt(65 + i)),
+    specialEmbeds: new Float32Array(B * D),
+    useSpecial: new Uint8Array(B),
+    positionIds: BigInt64Array.from({ length: B }, () => BigInt(P)),
+    attnBias: new Float32Array(B * (P + 1)),
+    pastKey: Array.from({ length: L }, (_, l) => rnd(B * H * P * Dh, l)),
+    pastValue: Array.from({ length: L }, (_, l) => rnd(B * H * P * Dh, 100 + l)),
+  };
+}

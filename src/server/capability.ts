@@ -8,6 +8,8 @@ import type { Shedder } from '../serving/admission/queue.js';
 import type { Reloader } from '../serving/reload.js';
 import type { ServerRuntime } from './runtime.js';
 import type { SharedState } from '../serving/state/types.js';
+import type { ServiceDeps } from '../serving/deps.js';
+import type { OnnxConfig } from '../engine/session.js';
 
 /**
  * What the server hands every capability (generation, search, detector, experiments), built once
@@ -61,3 +63,9 @@ export interface Capability {
  * their own list to startServer). Construct cheaply here; load models in start().
  */
 export type CapabilityFactory<C = unknown> = (ctx: CapabilityContext<C>) => Capability | Promise<Capability>;
+
+/** The process-wide deps every serving service takes, from the capability context. */
+export function serviceDeps(ctx: CapabilityContext<{ readonly modelsDir: string; readonly onnx: OnnxConfig }>): ServiceDeps {
+  const { logger, registry, gate, experiments, shedder, reloader } = ctx;
+  return { modelsDir: ctx.config.modelsDir, onnx: ctx.config.onnx, logger, registry, gate, experiments, shedder, reloader };
+}

@@ -39,7 +39,7 @@ const CHROMIUM = process.env.CATSKIM_CHROMIUM ?? '/usr/bin/chromium';
 const TOKEN = 'console-admin-token-0123456789';
 const SCREENSHOT = process.env.CATSKIM_CONSOLE_SCREENSHOT;
 
-/** Routes the Generate and Compare pages need, built on branch `http` (CONTRACTS.md). */
+/** Routes the Generate and Compare pages need (the console is a client of the public HTTP API only). */
 const GENERATION_ROUTES = [
   ['GET', '/v1/models'],
   ['POST', '/v1/generate/stream'],
@@ -57,7 +57,6 @@ let page: Page;
 let problems: string[] = [];
 /** Requests to anything but 127.0.0.1 (aborted). */
 const leaks: string[] = [];
-let missingRoutes: string[] = [];
 
 async function api(method: string, path: string, body?: unknown, token?: string): Promise<{ status: number; json: any }> {
   const headers: Record<string, string> = {};
@@ -66,12 +65,6 @@ async function api(method: string, path: string, body?: unknown, token?: string)
   const r = await fetch(`${s.httpUrl}${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   const text = await r.text();
   return { status: r.status, json: text ? JSON.parse(text) : undefined };
-}
-
-function needsGenerationRoutes(t: TestContext): boolean {
-  if (missingRoutes.length === 0) return true;
-  t.skip(`this server has no ${missingRoutes.join(', ')} yet (built on branch http; CONTRACTS.md)`);
-  return false;
 }
 
 async function open(hash: string): Promise<void> {
@@ -114,7 +107,8 @@ before(async () => {
     ],
   });
   await s.ready;
-  missingRoutes = GENERATION_ROUTES.filter(([method, url]) => !s.http.hasRoute({ method, url })).map(([m, u]) => `${m} ${u}`);
+  const missing = GENERATION_ROUTES.filter(([method, url]) => !s.http.hasRoute({ method, url })).map(([m, u]) => `${m} ${u}`);
+  assert.deepEqual(missing, [], 'the console needs these routes');
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'], headless: true });
 });
 
@@ -147,8 +141,6 @@ afterEach(async () => {
 
 /** Asserts no console error or page error happened, but for `expected` ones (e.g. a deliberate 400). */
 function assertClean(expected: RegExp[] = []): void {
-  // until branch http lands, the pages' GET /v1/models answers 404 (each page shows that error)
-  if (missingRoutes.includes('GET /v1/models')) expected = [...expected, /status of 404 .*\/v1\/models\)$/];
   const left = problems.filter((p) => !expected.some((e) => e.test(p)));
   assert.deepEqual(left, [], 'console errors');
   assert.deepEqual(leaks, [], 'requests left 127.0.0.1');
@@ -192,7 +184,6 @@ describe('console', () => {
   });
 
   test('Generate streams text with chunk boundaries, live TTFT, tokens/s and the exact peak KV bytes', async (t) => {
-    if (!needsGenerationRoutes(t)) return;
     await open('generate');
     await page.waitForSelector('#gen-model option[value="cat-kjv"]', { state: 'attached' });
     await page.selectOption('#gen-model', 'cat-kjv');
@@ -253,7 +244,6 @@ describe('console', () => {
   });
 
   test('Generate: a server error shows its message and field, not a blank page', async (t) => {
-    if (!needsGenerationRoutes(t)) return;
     await open('generate');
     await page.waitForSelector('#gen-model option[value="cat-kjv"]', { state: 'attached' });
     // longer than the model's context: only the server can tell
@@ -267,7 +257,6 @@ describe('console', () => {
   });
 
   test('Compare fills in every chunk size and dense with text, KV bytes, tokens/s and bits/byte, and draws the chart', async (t) => {
-    if (!needsGenerationRoutes(t)) return;
     const models = (await api('GET', '/v1/models')).json.data as Array<{ id: string; kind: string; chunk_sizes: number[] }>;
     const cat = models.find((m) => m.id === 'cat-kjv')!;
     await open('compare');
@@ -320,16 +309,14 @@ describe('console', () => {
     assert.match(first, /\d\.\d{3}/);
     await page.click('#search-results tbody tr:first-child button');
     await page.waitForFunction(() => document.querySelector('#search-results tbody tr:first-child button')?.textContent === 'Recorded');
-    // each mode (once the server has them: branch search) shows its results with their words
-    if ((await api('POST', '/v1/search', { query: 'dog', mode: 'sparse' })).status === 200) {
-      for (const mode of ['dense', 'sparse', 'hybrid']) {
-        await page.selectOption('#search-mode', mode);
-        await page.click('#search-run');
-        await page.waitForFunction((m) => new RegExp(`search${m}`).test(document.querySelector('#search-meta')?.textContent ?? ''), mode);
-        assert.ok((await page.locator('#search-results tbody tr').count()) > 0, mode);
-        assert.ok((await page.locator('#search-results tbody tr:first-child .chip').count()) > 0, `${mode}: words shown`);
-      }
-    } else t.diagnostic('this server has no search modes yet (branch search): the mode selector was not exercised');
+    // each mode shows its results with their words
+    for (const mode of ['dense', 'sparse', 'hybrid']) {
+      await page.selectOption('#search-mode', mode);
+      await page.click('#search-run');
+      await page.waitForFunction((m) => new RegExp(`search${m}`).test(document.querySelector('#search-meta')?.textContent ?? ''), mode);
+      assert.ok((await page.locator('#search-results tbody tr').count()) > 0, mode);
+      assert.ok((await page.locator('#search-results tbody tr:first-child .chip').count()) > 0, `${mode}: words shown`);
+    }
     assertClean();
   });
 

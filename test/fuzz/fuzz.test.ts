@@ -189,7 +189,7 @@ function rawHttp(port: number, bytes: Buffer, endAfterWrite: boolean): Promise<H
   });
 }
 
-/** The OpenAI-compatible routes answer their handlers' errors in OpenAI's shape (CONTRACTS.md). */
+/** The OpenAI-compatible routes answer their handlers' errors in OpenAI's shape (README, Generation). */
 const OPENAI_ROUTE = /^\/v1\/(chat\/)?completions(\?|$)/;
 
 function checkHttpAnswer(a: HttpAnswer, what: string, path?: string): void {

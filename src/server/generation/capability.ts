@@ -4,7 +4,7 @@
  * message -> GenerateInput, metadata -> RequestContext, result -> message. Nothing else happens here.
  */
 import type * as grpc from '@grpc/grpc-js';
-import type { Capability, CapabilityContext, CapabilityFactory } from '../capability.js';
+import { serviceDeps, type Capability, type CapabilityContext, type CapabilityFactory } from '../capability.js';
 import type { Config } from '../config.js';
 import { grpcHandlers, loadProto, serviceDefinition } from '../grpc.js';
 import { registerGenerationRoutes } from './http.js';
@@ -84,17 +84,7 @@ function scoreMsg(r: ScoreResult, temperature: number): Wire.ScoreResponse {
 }
 
 export const generationCapability: CapabilityFactory<Config> = (ctx: CapabilityContext<Config>) => {
-  const service = new GenerationService({
-    config: ctx.config.generation,
-    modelsDir: ctx.config.modelsDir,
-    onnx: ctx.config.onnx,
-    logger: ctx.logger,
-    registry: ctx.registry,
-    gate: ctx.gate,
-    experiments: ctx.experiments,
-    shedder: ctx.shedder,
-    reloader: ctx.reloader,
-  });
+  const service = new GenerationService({ ...serviceDeps(ctx), config: ctx.config.generation });
 
   const cap: Capability & { service: GenerationService } = {
     name: 'generation',

@@ -18,7 +18,7 @@ import type { SearchConfig } from '../../serving/search/config.js';
 import type { ModelWorkers } from '../../serving/search/pool.js';
 import { SearchService, type SearchRequest } from '../../serving/search/service.js';
 import { SEARCH_MODES } from '../../index/fusion.js';
-import type { Capability, CapabilityContext, CapabilityFactory } from '../capability.js';
+import { serviceDeps, type Capability, type CapabilityContext, type CapabilityFactory } from '../capability.js';
 import { PACKAGE_ROOT, type Config } from '../config.js';
 import { httpRequestContext } from '../experiments/routing.js';
 import { ERROR_SCHEMA_ID, errorResponses, requireBearerToken } from '../http.js';
@@ -36,16 +36,9 @@ export class SearchCapability implements Capability {
    */
   constructor(ctx: CapabilityContext<Config>, overrides: Partial<SearchConfig> = {}, opts: { baseLabels?: readonly LabelRecord[] } = {}) {
     this.service = new SearchService({
+      ...serviceDeps(ctx),
       config: { ...ctx.config.search, ...overrides },
-      modelsDir: ctx.config.modelsDir,
       packageRoot: PACKAGE_ROOT,
-      onnx: ctx.config.onnx,
-      logger: ctx.logger,
-      registry: ctx.registry,
-      gate: ctx.gate,
-      experiments: ctx.experiments,
-      shedder: ctx.shedder,
-      reloader: ctx.reloader,
       baseLabels: opts.baseLabels,
       state: ctx.state,
     });

@@ -46,15 +46,12 @@
  *   svc.engines()                     // the running engines (stats for /v1/status)
  */
 import type { Logger } from 'pino';
-import type { Registry } from 'prom-client';
 import { CancelledError, CatskimError, DeadlineExceededError, InvalidArgumentError, UnavailableError, isCatskimError } from '../../common/errors.js';
 import type { GenerationEngine, GenerationHandle, GenerationResult, EngineRequest, ScoreResult } from '../../engine/cat/engine.js';
 import { EnginePool, type ServedModel } from '../../engine/cat/pool.js';
-import type { OnnxConfig } from '../../engine/session.js';
 import { decode, encode } from '../../engine/tokenizer.js';
 import type { FinishReason, TokenLogprob } from '../../engine/cat/types.js';
 import type { VariantDef } from '../experiments/config.js';
-import type { ExperimentsLink } from '../experiments/router.js';
 import { routed } from '../experiments/route.js';
 import type { Gate, OodInfo } from '../gate/gate.js';
 import type { GenerationConfig } from './config.js';
@@ -63,8 +60,8 @@ import { kvCapacityBytes } from '../../engine/cat/kv-cache.js';
 import { bindGenerate, bindScore, parseGenerate, parseScore, type FieldNamer, type GenerateInput, type GenerateRequest, type GenerationLimits, type ScoreInput } from './params.js';
 import { ChoiceStreams, type StreamChunk } from './stream.js';
 import type { RequestContext } from '../context.js';
-import { NO_SLOT, type AdmissionQueue, type Shedder, type Slot } from '../admission/queue.js';
-import type { Reloader } from '../reload.js';
+import { NO_SLOT, type AdmissionQueue, type Slot } from '../admission/queue.js';
+import type { ServiceDeps } from '../deps.js';
 
 export type { StreamChunk } from './stream.js';
 
@@ -87,18 +84,8 @@ export interface GenerationStream extends AsyncIterable<StreamChunk> {
   readonly result: Promise<GenerationResult>;
 }
 
-export interface GenerationServiceDeps {
+export interface GenerationServiceDeps extends ServiceDeps {
   readonly config: GenerationConfig;
-  readonly modelsDir: string;
-  readonly onnx: OnnxConfig;
-  readonly logger: Logger;
-  readonly registry: Registry;
-  readonly gate: Gate;
-  readonly experiments: ExperimentsLink;
-  /** Admission by expected wait (queue "generate"); none = no shedding. */
-  readonly shedder?: Shedder;
-  /** Hot reload: every served model is registered once started. */
-  readonly reloader?: Reloader;
 }
 
 /** A shadow copy runs detached from the client's call (its own 60 s deadline). */

@@ -30,9 +30,8 @@
  * indexes of every loaded model.
  */
 import { readFileSync } from 'node:fs';
-import { join, isAbsolute, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
-import type { Registry } from 'prom-client';
 import { CatskimError, InvalidArgumentError, NotFoundError, UnavailableError } from '../../common/errors.js';
 import { readEncoderManifest, type EncoderManifest } from '../../engine/encoder.js';
 import { ArtifactError, verifyArtifact } from '../../index/artifact.js';
@@ -43,18 +42,16 @@ import type { SharedState } from '../state/types.js';
 import { SparseIndex, type SparseDoc } from '../../index/sparse-index.js';
 import { SEARCH_MODES, type SearchMode } from '../../index/fusion.js';
 import { normalizeText } from '../../engine/text-tokenizer.js';
-import type { OnnxConfig } from '../../engine/session.js';
 import { counter, gauge, histogram } from '../../common/metrics.js';
 import type { SearchConfig } from './config.js';
 import { ModelWorkers, type WorkerGroup } from './pool.js';
 import type { SearchReply } from './worker.js';
 import type { RequestContext } from '../context.js';
-import type { ExperimentsLink } from '../experiments/router.js';
 import { routed } from '../experiments/route.js';
 import type { Gate, OodInfo } from '../gate/gate.js';
 import { gateSearchQuery } from '../gate/wire.js';
-import { NO_SLOT, type AdmissionQueue, type Shedder } from '../admission/queue.js';
-import type { Reloader } from '../reload.js';
+import { NO_SLOT, type AdmissionQueue } from '../admission/queue.js';
+import type { ServiceDeps } from '../deps.js';
 import { sha256Hex } from '../../common/checksum.js';
 
 /** A search request in the public API's names (the HTTP body; the user key travels in the RequestContext). */
@@ -93,22 +90,12 @@ export interface SearchResponse {
   variant?: string;
 }
 
-export interface SearchServiceDeps {
+/** <modelsDir>/skim/export holds the models unless config.modelDir; the search queue is "search". */
+export interface SearchServiceDeps extends ServiceDeps {
   /** The `search` config section with any overrides applied. */
   readonly config: SearchConfig;
-  /** <modelsDir>/skim/export holds the models unless config.modelDir. */
-  readonly modelsDir: string;
   /** Where var/ lives (default cache directory). */
   readonly packageRoot: string;
-  readonly onnx: OnnxConfig;
-  readonly logger: Logger;
-  readonly registry: Registry;
-  readonly gate: Gate;
-  readonly experiments: ExperimentsLink;
-  /** Admission by expected wait (queue "search"); none = no shedding. */
-  readonly shedder?: Shedder;
-  /** Hot reload: every model (encoder + index) is registered once it serves. */
-  readonly reloader?: Reloader;
   /** Label set instead of all of WordNet (tests use a small subset). */
   readonly baseLabels?: readonly LabelRecord[];
   /** Shared state (PostgreSQL): the label overlay every replica edits; undefined = labels.sqlite. */
@@ -156,9 +143,8 @@ export class SearchService {
   constructor(private readonly deps: SearchServiceDeps) {
     this.cfg = deps.config;
     this.log = deps.logger;
-    const abs = (p: string) => (isAbsolute(p) ? p : resolve(p));
-    this.modelRoot = this.cfg.modelDir ? abs(this.cfg.modelDir) : join(deps.modelsDir, 'skim', 'export');
-    this.cacheDir = this.cfg.cacheDir ? abs(this.cfg.cacheDir) : join(deps.packageRoot, 'var', 'search');
+    this.modelRoot = this.cfg.modelDir ? resolve(this.cfg.modelDir) : join(deps.modelsDir, 'skim', 'export');
+    this.cacheDir = this.cfg.cacheDir ? resolve(this.cfg.cacheDir) : join(deps.packageRoot, 'var', 'search');
     const r = deps.registry;
     // a few searches per worker keep each worker busy between messages (issue 16)
     this.queue = deps.shedder?.queue('search', 4 * this.cfg.workersPerModel * Math.max(1, this.cfg.models.length));
@@ -381,7 +367,7 @@ export class SearchService {
   /** The model's index in the prebuilt artifact (search.indexDir), or undefined (logged) when absent or unfit. */
   private prebuilt(e: ModelEntry, log: Logger): string | undefined {
     if (!this.cfg.indexDir) return undefined;
-    const dir = isAbsolute(this.cfg.indexDir) ? this.cfg.indexDir : resolve(this.cfg.indexDir);
+    const dir = resolve(this.cfg.indexDir);
     try {
       const r = verifyArtifact(dir, { model: e.name, encoderSha256: e.manifest.sha256, dim: e.manifest.dim, labelsSha256: this.baseLabelsSha, labelCount: this.store!.base.length });
       e.indexSource = 'artifact';
@@ -422,7 +408,7 @@ export class SearchService {
     const store = this.store!;
     if (this.cfg.indexDir) {
       // the prebuilt artifact carries the sparse index of its label set (sealed with it): use it read-only when it fits
-      const dir = join(isAbsolute(this.cfg.indexDir) ? this.cfg.indexDir : resolve(this.cfg.indexDir), 'sparse');
+      const dir = join(resolve(this.cfg.indexDir), 'sparse');
       try {
         SparseIndex.verified(dir, { labelsSha256: this.baseLabelsSha, count: store.base.length });
         this.artifactSparseDir = dir;
