@@ -53,6 +53,6 @@ INIT=()
 [ -f "$DENSE_INIT" ] && INIT=(--init-from "$DENSE_INIT")
 [ -f "$W/dense_ckpt.pt" ] && INIT=()  # resuming: the checkpoint has it
 run_phase dense "$DENSE_STEPS" --lr 2e-3 --warmup 30 "${INIT[@]}" || exit $?
-run_phase adaptive "$CAT_STEPS" --lr 3e-3 --compressor-lr-mult 2 --warmup 50 \
-  --c-probs 0.5,0.25,0.15,0.1 --init-from models/cat/dense/model.pt || exit $?
+run_phase adaptive "$CAT_STEPS" --lr ${CAT_LR:-3e-3} --compressor-lr-mult 2 --warmup 50 \
+  --c-probs ${C_PROBS:-0.55,0.25,0.12,0.08} --init-from models/cat/dense/model.pt || exit $?
 echo "== training done"

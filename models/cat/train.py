@@ -51,6 +51,10 @@ def parse(argv=None):
     ap.add_argument("--d-hi", type=int, default=400)
     ap.add_argument("--curriculum-frac", type=float, default=0.5,
                     help="the name distance bound grows from d-lo to d-hi over this share of steps")
+    ap.add_argument("--d-model", type=int, default=None,
+                    help="decoder width (dense only; default the served width): 64 = the compressor's "
+                         "width, the paper's dense comparison")
+    ap.add_argument("--ffn", type=int, default=None, help="feed-forward width with --d-model (default 2.75x)")
     ap.add_argument("--init-from", default=None)
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("--resume", action="store_true")
@@ -136,7 +140,12 @@ def main(argv=None):
     else:
         torch.manual_seed(a.seed)
         rng = random.Random(a.seed)
-        model = catlib.build(a.kind, catlib.Config(train_context=a.context))
+        width = {}
+        if a.d_model:
+            if a.kind != "dense":
+                raise SystemExit("--d-model is for the dense baseline only")
+            width = {"d_model": a.d_model, "ffn": a.ffn or int(2.75 * a.d_model)}
+        model = catlib.build(a.kind, catlib.Config(train_context=a.context, **width))
         init_note = None
         if a.init_from:
             src = torch.load(a.init_from, map_location="cpu")["state_dict"]

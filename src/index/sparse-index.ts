@@ -8,7 +8,9 @@
  * On disk (one directory, built once per label set, shared by every search model): `sparse.sqlite`
  * (the serialized database) and `manifest.json` (format, labels sha256, count, tokenizer, column
  * weights, sha256 and size of the database), written atomically. Loading verifies the manifest and
- * the checksum, then deserialises the database into memory, where label edits apply.
+ * the checksum, then opens the file read-only (memory-mapped, so every worker of the process reads
+ * the same page-cache pages instead of holding a private 36 MB copy); the first label edit copies
+ * the database into that worker's memory, where edits apply.
  *
  * Query: the normalised query's distinct terms, OR-ed; stopwords are dropped when anything else is
  * left (a term like "the" matches most labels and costs a full scan of its postings under bm25).
@@ -17,7 +19,7 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { sha256Hex } from '../common/checksum.js';
+import { sha256File, sha256Hex } from '../common/checksum.js';
 import { normalizeText } from '../engine/text-tokenizer.js';
 import { writeDirAtomic } from './atomic-dir.js';
 import { IndexCorruptError, IndexMismatchError, type SearchFilter } from './vector-index.js';
@@ -74,15 +76,35 @@ export function ftsQuery(query: string): string | undefined {
 const DATABASE_FILE = 'sparse.sqlite';
 
 export class SparseIndex {
-  private readonly insertStmt: Database.Statement;
-  private readonly deleteStmt: Database.Statement;
-  private readonly countStmt: Database.Statement;
+  private insertStmt!: Database.Statement;
+  private deleteStmt!: Database.Statement;
+  private countStmt!: Database.Statement;
   private readonly searchStmts = new Map<string, Database.Statement>();
 
-  private constructor(private readonly db: Database.Database) {
-    this.insertStmt = db.prepare('INSERT INTO labels (rowid, words, text, meta, pos, lex) VALUES (?, ?, ?, ?, ?, ?)');
-    this.deleteStmt = db.prepare('DELETE FROM labels WHERE rowid = ?');
-    this.countStmt = db.prepare('SELECT count(*) AS n FROM labels');
+  private constructor(private db: Database.Database) {
+    this.prepare();
+  }
+
+  private prepare(): void {
+    this.searchStmts.clear();
+    this.countStmt = this.db.prepare('SELECT count(*) AS n FROM labels');
+    if (this.db.readonly) return;
+    this.insertStmt = this.db.prepare('INSERT INTO labels (rowid, words, text, meta, pos, lex) VALUES (?, ?, ?, ?, ?, ?)');
+    this.deleteStmt = this.db.prepare('DELETE FROM labels WHERE rowid = ?');
+  }
+
+  /** Before the first edit: a read-only file becomes a private in-memory copy. */
+  private writable(): void {
+    if (!this.db.readonly) return;
+    const bytes = this.db.serialize();
+    this.db.close();
+    this.db = new Database(bytes);
+    this.prepare();
+  }
+
+  /** True while the index reads its verified file (no edit yet). */
+  get fileBacked(): boolean {
+    return this.db.readonly;
   }
 
   private static create(): Database.Database {
@@ -111,6 +133,7 @@ export class SparseIndex {
 
   /** Add or replace a slot's row. */
   upsert(d: SparseDoc): void {
+    this.writable();
     this.db.transaction(() => {
       this.deleteStmt.run(d.slot);
       this.insert(d);
@@ -118,6 +141,7 @@ export class SparseIndex {
   }
 
   remove(slot: number): void {
+    this.writable();
     this.deleteStmt.run(slot);
   }
 
@@ -190,29 +214,30 @@ export class SparseIndex {
     return undefined;
   }
 
-  /** The verified database bytes of the index in `dir`; throws IndexMismatchError / IndexCorruptError. */
-  static verified(dir: string, expect: { labelsSha256: string; count: number }): Buffer {
+  /** The verified database file of the index in `dir`; throws IndexMismatchError / IndexCorruptError. */
+  static verified(dir: string, expect: { labelsSha256: string; count: number }): string {
     const m = SparseIndex.readManifest(dir);
     if (!m) throw new IndexCorruptError(`no sparse index in ${dir} (manifest.json missing)`);
     const why = SparseIndex.mismatch(m, expect);
     if (why) throw new IndexMismatchError(`refusing sparse index ${dir}: ${why}`);
     const p = join(dir, DATABASE_FILE);
     if (!existsSync(p)) throw new IndexCorruptError(`refusing sparse index ${dir}: ${DATABASE_FILE} is missing`);
-    const bytes = readFileSync(p);
     const info = m.files[DATABASE_FILE];
-    const sha = sha256Hex(bytes);
+    const sha = sha256File(p);
     if (!info || sha !== info.sha256) throw new IndexCorruptError(`refusing sparse index ${dir}: ${DATABASE_FILE} checksum mismatch (sha256 ${sha.slice(0, 12)}…): the file is corrupted; delete it and restart to rebuild`);
-    return bytes;
+    return p;
   }
 
-  /** Load, verify, and deserialise into memory. */
+  /** Verify, then open the file read-only and memory-mapped (edits copy it into memory first). */
   static load(dir: string, expect: { labelsSha256: string; count: number }): SparseIndex {
-    const bytes = SparseIndex.verified(dir, expect);
-    let db: Database.Database;
+    const file = SparseIndex.verified(dir, expect);
+    let db: Database.Database | undefined;
     try {
-      db = new Database(bytes);
+      db = new Database(file, { readonly: true, fileMustExist: true });
+      db.pragma(`mmap_size = ${2 ** 31}`);
       db.prepare('SELECT count(*) FROM labels').get();
     } catch (e) {
+      db?.close();
       throw new IndexCorruptError(`refusing sparse index ${dir}: SQLite cannot read ${DATABASE_FILE}: ${(e as Error).message}`);
     }
     return new SparseIndex(db);

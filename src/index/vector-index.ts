@@ -14,8 +14,8 @@
  * each index lives in exactly one worker thread (src/server/search/worker.ts).
  */
 import { createHash } from 'node:crypto';
-import { sha256File, sha256Hex } from '../common/checksum.js';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileInto, sha256File, sha256Hex } from '../common/checksum.js';
+import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeDirAtomic } from './atomic-dir.js';
 import { hnswlib } from './hnswlib.js';
@@ -147,8 +147,7 @@ export class VectorIndex {
       writeFileSync(join(tmp, 'vectors.f32'), new Uint8Array(vec.buffer, vec.byteOffset, vec.byteLength));
       const files: IndexManifest['files'] = {};
       for (const f of ['index.hnsw', 'vectors.f32']) {
-        const bytes = readFileSync(join(tmp, f));
-        files[f] = { bytes: bytes.length, sha256: sha256Hex(bytes) };
+        files[f] = { bytes: statSync(join(tmp, f)).size, sha256: sha256File(join(tmp, f)) };
       }
       const manifest: IndexManifest = {
         format: INDEX_FORMAT,
@@ -207,8 +206,8 @@ export class VectorIndex {
       const sha = sha256File(p);
       if (sha !== info.sha256) throw new IndexCorruptError(`refusing index ${dir}: ${f} checksum mismatch (sha256 ${sha.slice(0, 12)}…, manifest ${info.sha256.slice(0, 12)}…): the file is corrupted; delete it and rebuild`);
     }
-    const vecBytes = readFileSync(join(dir, 'vectors.f32'));
-    if (vecBytes.length !== m.count * m.dim * 4) throw new IndexCorruptError(`refusing index ${dir}: vectors.f32 has ${vecBytes.length} bytes, expected ${m.count * m.dim * 4}`);
+    const vecBytes = statSync(join(dir, 'vectors.f32')).size;
+    if (vecBytes !== m.count * m.dim * 4) throw new IndexCorruptError(`refusing index ${dir}: vectors.f32 has ${vecBytes} bytes, expected ${m.count * m.dim * 4}`);
     const hnsw = new HierarchicalNSW('ip', m.dim);
     try {
       hnsw.readIndexSync(join(dir, 'index.hnsw'));
@@ -219,7 +218,9 @@ export class VectorIndex {
     const cap = m.count + (opts.extraCapacity ?? 0);
     if (cap > hnsw.getMaxElements()) hnsw.resizeIndex(cap);
     const idx = new VectorIndex(hnsw, m.dim, Math.max(1, cap), m.M, m.efConstruction);
-    idx.vectors.set(new Float32Array(vecBytes.buffer, vecBytes.byteOffset, m.count * m.dim));
+    // straight into the index's own array: no transient copy of the file
+    const dest = new Uint8Array(idx.vectors.buffer, idx.vectors.byteOffset, m.count * m.dim * 4);
+    if (!readFileInto(join(dir, 'vectors.f32'), dest)) throw new IndexCorruptError(`refusing index ${dir}: vectors.f32 changed size while it was read`);
     idx.alive.fill(1, 0, m.count);
     idx.aliveCount = m.count;
     idx.used = m.count;

@@ -77,6 +77,14 @@ export function wordnetDictDir(): string {
 }
 
 /** Every synset as a label, in the canonical order. */
+/**
+ * A copy of `s` that does not point into the text it was cut from: V8 keeps a substring as a view
+ * of its parent, so without this the labels would hold every data file alive (about 45 MB).
+ */
+function own(s: string): string {
+  return JSON.parse(JSON.stringify(s)) as string;
+}
+
 export function loadWordnetLabels(dictDir: string = wordnetDictDir()): LabelRecord[] {
   const out: LabelRecord[] = [];
   const hypers: string[][] = [];
@@ -106,7 +114,7 @@ export function loadWordnetLabels(dictDir: string = wordnetDictDir()): LabelReco
       for (let i = 0; i < wcnt; i++) {
         // kept as listed (a few synsets hold the same word twice, e.g. "DDC" and "ddC"): the text
         // must tokenise exactly as models/skim/wn.py served_text does
-        words.push(t[4 + 2 * i].replace(/\([a-z]+\)$/, '').replace(/_/g, ' '));
+        words.push(own(t[4 + 2 * i].replace(/\([a-z]+\)$/, '').replace(/_/g, ' ')));
       }
       const p = 4 + 2 * wcnt;
       const pcnt = Number(t[p]);
@@ -118,7 +126,7 @@ export function loadWordnetLabels(dictDir: string = wordnetDictDir()): LabelReco
       const g = gloss.trim();
       byKey.set(`${offset}-${ssType === 's' ? 'a' : ssType}`, out.length);
       hypers.push(hyp);
-      out.push({ id: `${offset}-${ssType}`, text: labelText(words, definitionOf(g), examplesOf(g)), words, pos: ssType, lexfile: lexname(lex) });
+      out.push({ id: `${offset}-${ssType}`, text: own(labelText(words, definitionOf(g), examplesOf(g))), words, pos: ssType, lexfile: lexname(lex) });
     }
   }
   out.forEach((r, i) => {

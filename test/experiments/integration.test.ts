@@ -101,8 +101,16 @@ test('generation over gRPC: variant -> model + default chunk size, named in the 
     assert.match(text, new RegExp(`^catskim_request_success_total\\{model="cat-kjv",model_name="cat-kjv",chunk_size="${cs}",variant="${v}",finished_reason="[a-z]+"\\} [1-9]`, 'm'));
     assert.match(text, new RegExp(`^catskim_time_to_first_token_seconds_count\\{model="cat-kjv",model_name="cat-kjv",chunk_size="${cs}",variant="${v}"\\} [1-9]`, 'm'));
   }
-  // a request's own chunk size wins over the variant's default
-  assert.equal((await gen({ ...req, chunkSize: 4 }, { 'x-catskim-variant': 'cat16' })).chunkSize, 4);
+  // a request's own chunk size keeps it out of the experiment; one that contradicts a forced variant
+  // is refused (served at C=4 but counted as cat16 would corrupt the comparison)
+  const own = await gen({ ...req, chunkSize: 4 }, { 'x-user-id': 'g1' });
+  assert.equal(own.chunkSize, 4);
+  assert.equal(own.variant, '');
+  await assert.rejects(gen({ ...req, chunkSize: 4 }, { 'x-catskim-variant': 'cat16' }), (e: grpc.ServiceError) => {
+    assert.equal(e.code, grpc.status.INVALID_ARGUMENT);
+    assert.match(e.details, /chunk_size: is 4 but metadata\.x-catskim-variant "cat16" serves chunk size 16/);
+    return true;
+  });
   const forced = await gen(req, { 'x-catskim-variant': 'cat8', 'x-user-id': 'g1' });
   assert.equal(forced.variant, 'cat8');
   await assert.rejects(gen(req, { 'x-catskim-variant': 'nope' }), (e: grpc.ServiceError) => {

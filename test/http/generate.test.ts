@@ -93,6 +93,21 @@ describe('native generation routes', () => {
     assert.equal(ab.status, 200);
     assert.ok(['cat8', 'cat16'].includes(ab.body.variant), ab.body.variant);
     assert.equal(ab.headers.get('x-catskim-variant'), ab.body.variant);
+    // a request that names its chunk size chose what the experiment varies: it does not join it
+    // (before, it was served at its own C and counted under cat8 or cat16)
+    for (const user of ['user-7', 'user-8', 'user-9', 'user-10']) {
+      const pinned = await json(s, '/v1/generate', { prompt: PROMPT, max_tokens: 4, chunk_size: 4 }, { 'x-user-id': user });
+      assert.equal(pinned.status, 200);
+      assert.equal(pinned.body.chunk_size, 4);
+      assert.equal(pinned.body.variant ?? '', '', JSON.stringify(pinned.body));
+    }
+    // and a variant forced by header that serves another chunk size is a 400 naming the field
+    const clash = await json(s, '/v1/generate', { prompt: PROMPT, max_tokens: 4, chunk_size: 4 }, { 'x-catskim-variant': 'cat16' });
+    assert.equal(clash.status, 400);
+    assert.equal(clash.body.error.field, 'body.chunk_size', JSON.stringify(clash.body));
+    const agree = await json(s, '/v1/generate', { prompt: PROMPT, max_tokens: 4, chunk_size: 16 }, { 'x-catskim-variant': 'cat16' });
+    assert.equal(agree.status, 200);
+    assert.equal(agree.body.variant, 'cat16');
   });
 
   test('POST /v1/generate/stream: first chunk at once, text in order equals the unary text, final usage chunk, then [DONE]', async () => {

@@ -47,10 +47,23 @@ test('sparse index on disk: manifest + checksum, round trip, mismatch and corrup
   const m = SparseIndex.build(DOCS).save(dir, { labelsSha256: 'abc', buildSeconds: 0 });
   assert.equal(m.count, 4);
   const l = SparseIndex.load(dir, { labelsSha256: 'abc', count: 4 });
+  const other = SparseIndex.load(dir, { labelsSha256: 'abc', count: 4 });
+  assert.ok(l.fileBacked, 'a loaded index reads its verified file (no private copy)');
   assert.deepEqual(Array.from(l.search('ocean', 5).slots), [3]);
+  const fileBefore = readFileSync(join(dir, 'sparse.sqlite'));
   l.upsert({ slot: 9, words: ['new'], text: 'new: brand new', pos: 0, lex: 3 });
+  assert.ok(!l.fileBacked, 'the first edit copies the database into memory');
+  assert.deepEqual(Array.from(l.search('brand', 5).slots), [9]);
+  assert.deepEqual(Array.from(l.search('ocean', 5).slots), [3], 'the copy keeps every row');
+  l.remove(3);
+  assert.equal(l.search('ocean', 5).slots.length, 0);
+  assert.equal(l.size, 4);
+  // another index over the same file does not see the edits, and the file is unchanged
+  assert.deepEqual(Array.from(other.search('ocean', 5).slots), [3]);
+  assert.equal(other.search('brand', 5).slots.length, 0);
+  assert.ok(readFileSync(join(dir, 'sparse.sqlite')).equals(fileBefore));
   l.close();
-  // edits live in memory only: the file on disk is unchanged
+  other.close();
   assert.equal(SparseIndex.load(dir, { labelsSha256: 'abc', count: 4 }).size, 4);
   assert.throws(() => SparseIndex.load(dir, { labelsSha256: 'other', count: 4 }), /different label set/);
   const p = join(dir, 'sparse.sqlite');

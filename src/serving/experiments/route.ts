@@ -10,6 +10,8 @@ import { ExperimentRouter, type ExperimentsLink, type Role } from './router.js';
 export interface RouteOptions {
   /** The request named its own model (then it does not join the experiment). */
   readonly explicitModel?: string;
+  /** A generation request named its own chunk size (then it does not join the experiment either). */
+  readonly explicitChunkSize?: number;
   /** Stored with the impression (search: the query text). */
   readonly query?: string;
 }
@@ -33,6 +35,8 @@ export async function routed<T>(
       overrideField: rc.variantField ?? 'x-catskim-variant',
       explicitModel: opts.explicitModel || undefined,
       explicitModelField: rc.field('model'),
+      explicitChunkSize: opts.explicitChunkSize || undefined,
+      explicitChunkSizeField: rc.field('chunk_size'),
       requestId: rc.requestId,
       query: opts.query,
     },

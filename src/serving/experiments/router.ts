@@ -49,6 +49,10 @@ export interface RouteInput {
   explicitModel?: string;
   /** Field name to blame for the explicit model in a conflict (e.g. "body.model"). */
   explicitModelField?: string;
+  /** A generation request named its own chunk size (what generation experiments vary): it does not join. */
+  explicitChunkSize?: number;
+  /** Field name to blame for the explicit chunk size in a conflict (e.g. "body.chunk_size"). */
+  explicitChunkSizeField?: string;
   requestId: string;
   /** Stored with the impression (search: the query text). */
   query?: string;
@@ -337,11 +341,15 @@ export class ExperimentRouter {
         const m = route === 'search' ? v.search!.model : v.generation!.model;
         if (m !== input.explicitModel) throw new InvalidArgumentError(input.explicitModelField ?? 'model', `names model "${input.explicitModel}" but ${overrideField} "${v.name}" is served by "${m}"; send one of them`);
       }
+      const vc = route === 'generate' ? v.generation!.chunkSize : 0;
+      if (input.explicitChunkSize && vc && vc !== input.explicitChunkSize) {
+        throw new InvalidArgumentError(input.explicitChunkSizeField ?? 'chunk_size', `is ${input.explicitChunkSize} but ${overrideField} "${v.name}" serves chunk size ${vc}; send one of them`);
+      }
       const e = exp && v.name in exp.weights ? exp : undefined;
       this.m.assignments.inc({ route, experiment: e?.name ?? '', variant: v.name, reason: 'override' });
       return { route, experiment: e, variant: v, reason: 'override', userKey };
     }
-    if (input.explicitModel) {
+    if (input.explicitModel || input.explicitChunkSize) {
       this.m.assignments.inc({ route, experiment: '', variant: '', reason: 'explicit' });
       return { route, reason: 'explicit', userKey };
     }

@@ -252,7 +252,7 @@ export class GenerationService {
     const req = parseGenerate(input, this.limits, rc.field);
     const slot = await this.enter(rc);
     try {
-      const { result } = await routed(this.deps.experiments, 'generate', rc, { explicitModel: req.model }, async (v, role) => {
+      const { result } = await routed(this.deps.experiments, 'generate', rc, { explicitModel: req.model, explicitChunkSize: req.chunkSize }, async (v, role) => {
         const c = role === 'shadow' ? shadowContext(rc) : rc;
         const a = await this.admit(req, v, c, role === 'primary');
         const { result } = this.run(a, c);
@@ -278,7 +278,7 @@ export class GenerationService {
   private openStream(req: GenerateRequest, rc: RequestContext, slot: Slot): Promise<GenerationStream> {
     return new Promise<GenerationStream>((resolveStream, rejectStream) => {
       let opened = false;
-      const done = routed(this.deps.experiments, 'generate', rc, { explicitModel: req.model }, async (v, role): Promise<GenerationResult | undefined> => {
+      const done = routed(this.deps.experiments, 'generate', rc, { explicitModel: req.model, explicitChunkSize: req.chunkSize }, async (v, role): Promise<GenerationResult | undefined> => {
         if (role === 'shadow') {
           const c = shadowContext(rc);
           const a = await this.admit(req, v, c, false);
