@@ -25,7 +25,10 @@ COPY tsconfig.json ./
 COPY src ./src
 COPY test ./test
 COPY proto ./proto
-RUN npx tsc -p tsconfig.json && rm -rf dist/test && npm prune --omit=dev
+COPY native ./native
+COPY scripts/build-malloc-trim.mjs ./scripts/
+# dist/native/malloc-trim.node: lets idle engines return freed memory (src/common/malloc-trim.ts)
+RUN npx tsc -p tsconfig.json && node scripts/build-malloc-trim.mjs && rm -rf dist/test && npm prune --omit=dev
 
 # ---- runtime ---------------------------------------------------------------------------------
 FROM ${NODE_IMAGE} AS node

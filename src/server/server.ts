@@ -8,6 +8,7 @@
  *   fetch(`${s.httpUrl}/readyz`); new Client(s.grpcAddress, ...);
  *   await s.close();                     // drain + close
  */
+import { mallocTrimAvailable, releaseFreedMemory } from '../common/malloc-trim.js';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
@@ -222,7 +223,10 @@ export async function startServer(opts: StartServerOptions = {}): Promise<Runnin
       }
     }),
   ).then(() => {
-    if (!readiness.draining) logger.info({ startMs: Math.round(performance.now() - t0) }, 'ready');
+    if (readiness.draining) return;
+    // loading left transient buffers behind (index files, ORT session set-up): give them back
+    const trimmed = releaseFreedMemory();
+    logger.info({ startMs: Math.round(performance.now() - t0), mallocTrim: mallocTrimAvailable() ? (trimmed ? 'released' : 'nothing to release') : 'unavailable' }, 'ready');
   });
   ready.catch(() => {}); // observed by the caller; never an unhandled rejection
 

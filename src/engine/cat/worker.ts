@@ -15,7 +15,11 @@ import { ModelRunner } from './runner.js';
 import { Scheduler, type TickResult } from './scheduler.js';
 import type { EngineCalls, EngineEvents, EngineStats, FinishReason, SchedulerOptions, TokenEvent, WorkerInit, WorkerRequest } from './types.js';
 import { emit, serveRpc } from '../../common/worker-rpc.js';
+import { releaseFreedMemory } from '../../common/malloc-trim.js';
 import type { SessionLogger } from '../session.js';
+
+/** How long an engine must be idle before it trims (a burst's gaps between requests are shorter). */
+const IDLE_TRIM_MS = 1000;
 
 export type { TickResult } from './scheduler.js';
 
@@ -110,8 +114,18 @@ async function serve(): Promise<void> {
     post('tick', { admitted: held.admitted, events: held.events, stats: core!.stats(), tickMs: held.tickMs });
     held = { admitted: [], events: [], ticks: 0, tickMs: 0 };
   };
+  // An engine idle for IDLE_TRIM_MS returns its dropped K/V buffers to the OS (malloc-trim.ts).
+  let trimTimer: ReturnType<typeof setTimeout> | undefined;
+  const trimWhenIdle = (): void => {
+    clearTimeout(trimTimer);
+    trimTimer = setTimeout(() => {
+      if (core && !core.hasWork() && !stopping) releaseFreedMemory();
+    }, IDLE_TRIM_MS);
+    trimTimer.unref();
+  };
   const loop = async (): Promise<void> => {
     if (looping || !core) return;
+    clearTimeout(trimTimer);
     looping = true;
     try {
       while (core.hasWork() && !stopping) {
@@ -128,6 +142,7 @@ async function serve(): Promise<void> {
         await yieldLoop();
       }
       flush();
+      if (!stopping) trimWhenIdle();
     } catch (e) {
       post('fatal', { message: `scheduler failed: ${(e as Error).stack ?? String(e)}` });
     } finally {

@@ -14,6 +14,7 @@ import { Encoder } from '../../engine/encoder.js';
 import type { OnnxConfig, SessionRecord } from '../../engine/session.js';
 import { buildLabelIndex } from '../../index/build.js';
 import { VectorIndex, type IndexExpectation, type IndexManifest, type SearchFilter } from '../../index/vector-index.js';
+import { releaseFreedMemory } from '../../common/malloc-trim.js';
 import { SparseIndex, type SparseDoc, type SparseManifest } from '../../index/sparse-index.js';
 import { reciprocalRankFusion, type FusionParams, type SearchMode } from '../../index/fusion.js';
 
@@ -158,6 +159,7 @@ serveRpc<SearchCalls>(
       sparse?.close();
       index = idx;
       sparse = sp;
+      releaseFreedMemory(); // loading's garbage (file reads, the old index on a reload) leaves the process
       return { size: idx.size, dim: idx.dim, encoderSha256: enc.sha256 };
     }),
     search: tracked(async (m: Parameters<SearchCalls['search']>[0]) => {
