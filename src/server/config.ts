@@ -157,7 +157,7 @@ const coreConfigSection: ConfigSection<CoreConfig> = defineSection(
     key.int('onnx.intraOpThreads', 1, 0, 1024, 'threads inside one operator (0 = ORT default)', { env: 'CATSKIM_ONNX_INTRA_OP_THREADS', flag: '--intra-op-threads' }),
     key.int('onnx.interOpThreads', 1, 0, 1024, 'threads across operators (0 = ORT default)', { env: 'CATSKIM_ONNX_INTER_OP_THREADS', flag: '--inter-op-threads' }),
     key.int('onnx.deviceId', 0, 0, 1023, 'GPU ordinal for cuda/tensorrt', { env: 'CATSKIM_ONNX_DEVICE_ID', flag: '--device-id' }),
-    key.bool('onnx.cpuMemArena', true, "ORT's CPU arena: keeps each session's peak tensor memory for reuse (false: allocate per run, RSS falls back after a burst)", { env: 'CATSKIM_ONNX_CPU_MEM_ARENA' }),
+    key.bool('onnx.cpuMemArena', true, "ORT's CPU arena: keeps each session's peak tensor memory for reuse (false: allocate per run; measured no lower after a burst, BENCHMARKS.md)", { env: 'CATSKIM_ONNX_CPU_MEM_ARENA' }),
     key.bool('onnx.memPattern', true, "ORT's memory pattern: plans one block per input shape seen (false: no per-shape plans kept)", { env: 'CATSKIM_ONNX_MEM_PATTERN' }),
     key.int('shutdown.drainTimeoutMs', 30_000, 0, 3_600_000, 'max wait for in-flight work on SIGTERM/SIGINT', { env: 'CATSKIM_DRAIN_TIMEOUT_MS', flag: '--drain-timeout-ms' }),
     key.int('shutdown.preStopDelayMs', 0, 0, 600_000, 'delay between readiness=false and closing listeners', { env: 'CATSKIM_PRESTOP_DELAY_MS' }),
