@@ -170,9 +170,12 @@ describe('Generation over gRPC', () => {
   });
 
   test('a deadline ends the request with DEADLINE_EXCEEDED and frees its cache', async () => {
-    await rejects(generate(c, { model: 'dense-kjv', prompt: PROMPT, maxTokens: 2000 }, 150), grpc.status.DEADLINE_EXCEEDED, /deadline/i);
-    await until(async () => (await metric(s, 'catskim_kv_cache_bytes', { model: 'dense-kjv' })) === 0);
-    await until(async () => (await metric(s, 'catskim_request_success_total', { model: 'dense-kjv', finished_reason: 'deadline' })) >= 1);
+    // 600 ms: long enough that a loaded machine still delivers the call to the engine before the
+    // deadline (150 ms flaked: the server then refused it on arrival and no engine deadline was
+    // counted), far shorter than 2,000 dense tokens (about 2 s here)
+    await rejects(generate(c, { model: 'dense-kjv', prompt: PROMPT, maxTokens: 2000 }, 600), grpc.status.DEADLINE_EXCEEDED, /deadline/i);
+    await until(async () => (await metric(s, 'catskim_kv_cache_bytes', { model: 'dense-kjv' })) === 0, 15_000);
+    await until(async () => (await metric(s, 'catskim_request_success_total', { model: 'dense-kjv', finished_reason: 'deadline' })) >= 1, 15_000);
   });
 
   test('invalid requests: INVALID_ARGUMENT naming the field', async () => {
