@@ -235,7 +235,7 @@ export class SparseIndex {
     try {
       db = new Database(file, { readonly: true, fileMustExist: true });
       db.pragma(`mmap_size = ${2 ** 31}`);
-      db.prepare('SELECT count(*) FROM labels').get();
+      db.prepare('SELECT rowid FROM labels LIMIT 1').get(); // readable, without touching every page
     } catch (e) {
       db?.close();
       throw new IndexCorruptError(`refusing sparse index ${dir}: SQLite cannot read ${DATABASE_FILE}: ${(e as Error).message}`);
