@@ -43,21 +43,30 @@ export function mallocTrim(): boolean {
 
 let collect: (() => void) | undefined;
 
-/** A full garbage collection of this thread's heap (V8's gc, exposed on first use). */
-function collectGarbage(): void {
+/** A full garbage collection of this thread's heap (node --expose-gc's gc, else exposed on first use). */
+export function collectGarbage(): void {
   if (!collect) {
-    setFlagsFromString('--expose-gc');
-    collect = runInNewContext('gc') as () => void;
+    const g = (globalThis as { gc?: () => void }).gc;
+    if (typeof g === 'function') collect = g;
+    else {
+      setFlagsFromString('--expose-gc');
+      collect = runInNewContext('gc') as () => void;
+    }
   }
   collect();
 }
 
+/** V8 frees collected ArrayBuffers' memory on a background thread shortly after the GC. */
+export const SWEEP_WAIT_MS = 100;
+
 /**
- * Collect this thread's garbage, then trim: what an idle engine calls so the buffers it dropped
- * leave the process. A no-op without the addon. Costs a full GC of this thread's heap (a few ms).
+ * Collect this thread's garbage, wait for V8 to free the buffers, then trim: so the buffers a
+ * thread dropped leave the process. Resolves false without the addon. Costs a full GC of this
+ * thread's heap (a few ms).
  */
-export function releaseFreedMemory(): boolean {
+export async function releaseFreedMemory(): Promise<boolean> {
   if (!mallocTrimAvailable()) return false;
   collectGarbage();
+  await new Promise((r) => setTimeout(r, SWEEP_WAIT_MS));
   return mallocTrim();
 }

@@ -96,9 +96,9 @@ export class SparseIndex {
   /** Before the first edit: a read-only file becomes a private in-memory copy. */
   private writable(): void {
     if (!this.db.readonly) return;
-    const bytes = this.db.serialize();
+    const copy = new Database(this.db.serialize());
     this.db.close();
-    this.db = new Database(bytes);
+    this.db = copy;
     this.prepare();
   }
 

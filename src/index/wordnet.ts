@@ -76,7 +76,6 @@ export function wordnetDictDir(): string {
   return dir;
 }
 
-/** Every synset as a label, in the canonical order. */
 /**
  * A copy of `s` that does not point into the text it was cut from: V8 keeps a substring as a view
  * of its parent, so without this the labels would hold every data file alive (about 45 MB).
@@ -85,6 +84,7 @@ function own(s: string): string {
   return JSON.parse(JSON.stringify(s)) as string;
 }
 
+/** Every synset as a label, in the canonical order. */
 export function loadWordnetLabels(dictDir: string = wordnetDictDir()): LabelRecord[] {
   const out: LabelRecord[] = [];
   const hypers: string[][] = [];

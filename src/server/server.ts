@@ -222,11 +222,16 @@ export async function startServer(opts: StartServerOptions = {}): Promise<Runnin
         throw new Error(`capability ${cap.name} failed to start: ${reason}`, { cause: e });
       }
     }),
-  ).then(() => {
+  ).then(async () => {
     if (readiness.draining) return;
     // loading left transient buffers behind (index files, ORT session set-up): give them back
-    const trimmed = releaseFreedMemory();
-    logger.info({ startMs: Math.round(performance.now() - t0), mallocTrim: mallocTrimAvailable() ? (trimmed ? 'released' : 'nothing to release') : 'unavailable' }, 'ready');
+    let trim = mallocTrimAvailable() ? 'nothing to release' : 'unavailable';
+    try {
+      if (await releaseFreedMemory()) trim = 'released';
+    } catch (e) {
+      trim = `failed: ${(e as Error).message}`;
+    }
+    logger.info({ startMs: Math.round(performance.now() - t0), mallocTrim: trim }, 'ready');
   });
   ready.catch(() => {}); // observed by the caller; never an unhandled rejection
 

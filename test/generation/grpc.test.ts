@@ -53,7 +53,7 @@ describe('Generation over gRPC', () => {
     s = await startServer({
       // [ood gate] engine tests, not gate tests: flag (the default) stated here so that a truncated fixture
       // prompt ("...created the heav") near the detector's threshold never fails them (test/gate/ covers rejects)
-      config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] }, generation: { maxTokensLimit: 2048, streamCoalesceTokens: 4, streamCoalesceMs: 5 }, detector: { routes: { generate: { action: 'flag' } } } },
+      config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] }, generation: { maxTokensLimit: 4000, streamCoalesceTokens: 4, streamCoalesceMs: 5 }, detector: { routes: { generate: { action: 'flag' } } } },
       capabilities: [generationCapability],
     });
     await s.ready;
@@ -172,8 +172,8 @@ describe('Generation over gRPC', () => {
   test('a deadline ends the request with DEADLINE_EXCEEDED and frees its cache', async () => {
     // 600 ms: long enough that a loaded machine still delivers the call to the engine before the
     // deadline (150 ms flaked: the server then refused it on arrival and no engine deadline was
-    // counted), far shorter than 2,000 dense tokens (about 2 s here)
-    await rejects(generate(c, { model: 'dense-kjv', prompt: PROMPT, maxTokens: 2000 }, 600), grpc.status.DEADLINE_EXCEEDED, /deadline/i);
+    // counted), far shorter than 4,000 dense tokens (over 3 s here)
+    await rejects(generate(c, { model: 'dense-kjv', prompt: PROMPT, maxTokens: 4000 }, 600), grpc.status.DEADLINE_EXCEEDED, /deadline/i);
     await until(async () => (await metric(s, 'catskim_kv_cache_bytes', { model: 'dense-kjv' })) === 0, 15_000);
     await until(async () => (await metric(s, 'catskim_request_success_total', { model: 'dense-kjv', finished_reason: 'deadline' })) >= 1, 15_000);
   });
@@ -185,7 +185,7 @@ describe('Generation over gRPC', () => {
     await rejects(generate(c, { model: 'dense-kjv', prompt: PROMPT, chunkSize: 8 }), I, /^chunk_size: model "dense-kjv" is dense/);
     await rejects(generate(c, { prompt: '' }), I, /^prompt: must not be empty/);
     await rejects(generate(c, { prompt: 'x'.repeat(4096) }), I, /^prompt: 4096 tokens .* context limit .* at most 4095/);
-    await rejects(generate(c, { prompt: PROMPT, maxTokens: 2049 }), I, /^max_tokens: must be an integer in 1\.\.2048/);
+    await rejects(generate(c, { prompt: PROMPT, maxTokens: 4001 }), I, /^max_tokens: must be an integer in 1\.\.4000/);
     await rejects(generate(c, { prompt: PROMPT, maxTokens: -1 }), I, /^max_tokens/);
     await rejects(generate(c, { prompt: PROMPT, temperature: -0.5 }), I, /^temperature/);
     await rejects(generate(c, { prompt: PROMPT, temperature: 99 }), I, /^temperature/);

@@ -44,6 +44,13 @@ export interface EngineOptions {
   readonly limits: EngineLimits;
   /** Ticks per worker -> main message (default 1). */
   readonly ticksPerMessage?: number;
+  /**
+   * Idle this long (ms), the engine's worker collects its garbage, and the last of the engines
+   * sharing `busyEngines` to go idle calls malloc_trim (src/common/malloc-trim.ts): one busy engine
+   * never has the free memory it is about to reuse taken away. 0 or absent = never.
+   */
+  readonly idleTrimMs?: number;
+  readonly busyEngines?: Int32Array;
   readonly logger?: SessionLogger & { error?(obj: object, msg?: string): void };
 }
 
@@ -175,7 +182,16 @@ export class GenerationEngine {
 
   /** Starts the worker and loads the model (sha256-checked). */
   static async start(opts: EngineOptions): Promise<GenerationEngine> {
-    const init: WorkerInit = { name: opts.name, modelDir: opts.modelDir, onnx: opts.onnx, verifySha256: opts.verifySha256, scheduler: opts.scheduler, ticksPerMessage: opts.ticksPerMessage };
+    const init: WorkerInit = {
+      name: opts.name,
+      modelDir: opts.modelDir,
+      onnx: opts.onnx,
+      verifySha256: opts.verifySha256,
+      scheduler: opts.scheduler,
+      ticksPerMessage: opts.ticksPerMessage,
+      idleTrimMs: opts.idleTrimMs,
+      busyEngines: opts.busyEngines,
+    };
     const worker = new Worker(new URL('./worker.js', import.meta.url), { workerData: init });
     let engine: GenerationEngine | undefined;
     let loading: { resolve(r: EngineEvents['ready']): void; reject(e: Error): void } | undefined;

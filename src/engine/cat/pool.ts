@@ -26,6 +26,8 @@ export interface PoolOptions {
   readonly limits: EngineLimits;
   /** Ticks per worker -> main message (default 1). */
   readonly ticksPerMessage?: number;
+  /** Idle time (ms) after which the engines give freed memory back (EngineOptions.idleTrimMs); 0 = never. */
+  readonly idleTrimMs?: number;
   readonly logger?: SessionLogger;
 }
 
@@ -37,6 +39,8 @@ export class EnginePool {
   private readonly engines = new Map<string, GenerationEngine>();
   private readonly versions = new Map<string, string>();
   private draining = false;
+  /** How many of this pool's engines have work: the last to go idle trims for all. */
+  private readonly busyEngines = new Int32Array(new SharedArrayBuffer(4));
 
   private constructor(private readonly opts: PoolOptions) {}
 
@@ -53,6 +57,8 @@ export class EnginePool {
       scheduler: this.opts.scheduler,
       limits: this.opts.limits,
       ticksPerMessage: this.opts.ticksPerMessage,
+      idleTrimMs: this.opts.idleTrimMs,
+      busyEngines: this.busyEngines,
       logger: this.opts.logger,
     });
   }

@@ -204,6 +204,10 @@ export interface WorkerInit {
   readonly scheduler: SchedulerOptions;
   /** Ticks whose events go to the main thread in one message (1 = every tick); an idle worker sends at once. */
   readonly ticksPerMessage?: number;
+  /** Idle this long (ms), the worker collects its garbage; 0 = never. See IdleTrim in engine.ts. */
+  readonly idleTrimMs?: number;
+  /** Engines of the pool with work, shared by all of them (SharedArrayBuffer): trim when it is 0. */
+  readonly busyEngines?: Int32Array;
 }
 
 /** Calls the main thread (engine.ts) makes to its worker (worker.ts), over src/common/worker-rpc.ts. */

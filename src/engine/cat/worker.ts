@@ -15,11 +15,8 @@ import { ModelRunner } from './runner.js';
 import { Scheduler, type TickResult } from './scheduler.js';
 import type { EngineCalls, EngineEvents, EngineStats, FinishReason, SchedulerOptions, TokenEvent, WorkerInit, WorkerRequest } from './types.js';
 import { emit, serveRpc } from '../../common/worker-rpc.js';
-import { releaseFreedMemory } from '../../common/malloc-trim.js';
+import { collectGarbage, mallocTrim, mallocTrimAvailable, SWEEP_WAIT_MS } from '../../common/malloc-trim.js';
 import type { SessionLogger } from '../session.js';
-
-/** How long an engine must be idle before it trims (a burst's gaps between requests are shorter). */
-const IDLE_TRIM_MS = 1000;
 
 export type { TickResult } from './scheduler.js';
 
@@ -114,18 +111,37 @@ async function serve(): Promise<void> {
     post('tick', { admitted: held.admitted, events: held.events, stats: core!.stats(), tickMs: held.tickMs });
     held = { admitted: [], events: [], ticks: 0, tickMs: 0 };
   };
-  // An engine idle for IDLE_TRIM_MS returns its dropped K/V buffers to the OS (malloc-trim.ts).
+  // Idle for init.idleTrimMs, the engine collects its dropped K/V buffers; the last engine of the
+  // pool to go idle then hands the process's free memory back to the OS (malloc-trim.ts).
+  const trimMs = mallocTrimAvailable() ? (init.idleTrimMs ?? 0) : 0;
+  const busy = init.busyEngines;
+  let markedBusy = false;
   let trimTimer: ReturnType<typeof setTimeout> | undefined;
+  const setBusy = (b: boolean): void => {
+    if (!busy || b === markedBusy) return;
+    markedBusy = b;
+    Atomics.add(busy, 0, b ? 1 : -1);
+  };
   const trimWhenIdle = (): void => {
+    setBusy(false);
+    if (trimMs <= 0) return;
     clearTimeout(trimTimer);
+    const idle = () => !!core && !core.hasWork() && !stopping;
     trimTimer = setTimeout(() => {
-      if (core && !core.hasWork() && !stopping) releaseFreedMemory();
-    }, IDLE_TRIM_MS);
+      if (!idle()) return;
+      collectGarbage();
+      // trim once V8 has freed the collected buffers, if no engine of the pool has work by then
+      trimTimer = setTimeout(() => {
+        if (idle() && (!busy || Atomics.load(busy, 0) === 0)) mallocTrim();
+      }, SWEEP_WAIT_MS);
+      trimTimer.unref();
+    }, trimMs);
     trimTimer.unref();
   };
   const loop = async (): Promise<void> => {
     if (looping || !core) return;
     clearTimeout(trimTimer);
+    setBusy(true);
     looping = true;
     try {
       while (core.hasWork() && !stopping) {
@@ -152,6 +168,8 @@ async function serve(): Promise<void> {
 
   const shutdown = async (): Promise<void> => {
     stopping = true;
+    clearTimeout(trimTimer);
+    setBusy(false);
     if (core) flush();
     if (core) {
       const events = core.abortAll('cancelled');

@@ -47,6 +47,7 @@ export interface GenerationConfig {
   readonly prefixCacheBytes: number;
   /** Engine ticks per worker -> main message. */
   readonly ticksPerMessage: number;
+  readonly idleTrimMs: number;
   /** Run a real short generation per model and chunk size in start(). */
   readonly warmup: boolean;
 }
@@ -103,6 +104,9 @@ export const generationConfigSection: ConfigSection<GenerationConfig> = defineSe
       env: 'CATSKIM_GENERATION_PREFIX_CACHE_BYTES',
     }),
     key.int('ticksPerMessage', 1, 1, 64, 'engine ticks whose tokens the worker sends in one message (1 = every tick; tokens wait up to that many ticks)'),
+    key.int('idleTrimMs', 5000, 0, 3_600_000, 'after this long with no generation work, engines return freed memory to the OS (malloc_trim; the next request page-faults what it reuses); 0 = never', {
+      env: 'CATSKIM_GENERATION_IDLE_TRIM_MS',
+    }),
     key.bool('warmup', true, 'warm up every model and chunk size with a real generation at start'),
   ],
   (v, r) => {

@@ -158,6 +158,7 @@ export class GenerationService {
       },
       limits: { maxWaiting: cfg.maxWaiting, maxWaitingTokens: cfg.maxWaitingTokens },
       ticksPerMessage: cfg.ticksPerMessage,
+      idleTrimMs: cfg.idleTrimMs,
       logger: this.log,
     });
     for (const e of started.all()) {

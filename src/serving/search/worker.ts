@@ -159,7 +159,7 @@ serveRpc<SearchCalls>(
       sparse?.close();
       index = idx;
       sparse = sp;
-      releaseFreedMemory(); // loading's garbage (file reads, the old index on a reload) leaves the process
+      void releaseFreedMemory(); // loading's garbage (file reads, the old index on a reload) leaves the process
       return { size: idx.size, dim: idx.dim, encoderSha256: enc.sha256 };
     }),
     search: tracked(async (m: Parameters<SearchCalls['search']>[0]) => {
@@ -193,20 +193,24 @@ serveRpc<SearchCalls>(
       const enc = await encoder();
       const vecs = await enc.encodeMany(m.items.map((i) => i.text), 'label', { batchSize: 256 });
       const sp = requireSparse();
+      const wasFile = sp.fileBacked;
       m.items.forEach((it, r) => {
         idx.setAttributes(it.slot, it.pos, it.lex);
         idx.upsert(it.slot, vecs.subarray(r * enc.dim, (r + 1) * enc.dim));
         sp.upsert(it);
       });
+      if (wasFile) void releaseFreedMemory(); // the first edit copied the sparse index into memory
       return { size: idx.size };
     }),
     delete(m) {
       const idx = requireIndex();
       const sp = requireSparse();
+      const wasFile = sp.fileBacked;
       for (const s of m.slots) {
         idx.remove(s);
         sp.remove(s);
       }
+      if (wasFile && m.slots.length) void releaseFreedMemory();
       return { size: idx.size };
     },
     info() {
