@@ -58,7 +58,8 @@ node dist/loadtest/prefix-cache.js --runs 7 --prefix 2048 --chunk 16 | tee -a "$
 log "-- continuous batching"
 node dist/loadtest/bench.js --only batching --out "$OUT/batching" 2>&1 | tail -12 | tee -a "$OUT/summary.txt"
 
-# 4. memory: RSS after start and after a burst of 16 dense ~4k-byte generations
+# 4. memory: RSS after start and 10 s after a burst of 16 dense ~4k-byte generations (the idle trim
+#    runs 5 s after the last one: generation.idleTrimMs)
 log "-- RSS (npm start defaults)"
-node dist/loadtest/rss.js --variants full --burst 16 --concurrency 8 --json "$OUT/rss.json" | tee -a "$OUT/summary.txt"
+node dist/loadtest/rss.js --variants full,no-search --burst 16 --concurrency 8 --settle 10 --json "$OUT/rss.json" | tee -a "$OUT/summary.txt"
 log "== done $(date -u +%FT%TZ)"
