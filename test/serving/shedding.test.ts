@@ -71,6 +71,17 @@ describe('AdmissionQueue', () => {
     assert.equal(q.snapshot().running, 0);
   });
 
+  test('a request of several items (a search batch) is admitted whole into one slot; the service time learnt is per item', async () => {
+    const q = shedder(80, 2).queue('search', 99)!;
+    const batch = await q.enter(ctx(), 16);
+    assert.equal(q.snapshot().running, 1, 'one slot for the whole batch');
+    await sleep(160);
+    batch.release();
+    const per = q.snapshot().serviceMs;
+    assert.ok(per >= 9 && per < 40, `160 ms over 16 items is about 10 ms per item: ${per}`);
+    assert.equal(q.snapshot().running, 0);
+  });
+
   test('a high priority request jumps every normal and low one', async () => {
     const q = shedder(10_000, 1).queue('search', 1)!;
     await learn(q, 20);
@@ -212,6 +223,17 @@ describe('shedding on a real server', () => {
     assert.equal(shed[0]!.body.error!.details!.reason, 'budget');
     assert.ok(Number(shed[0]!.retryAfter) >= 1);
     assert.equal(await metricValue(s, 'catskim_shed_total', { queue: 'search', reason: 'budget' }), shed.length);
+  });
+
+  test('a search batch is admitted or refused whole: 16 queries in one request pass where 16 single requests at once are shed', async () => {
+    for (let i = 0; i < 5; i++) assert.equal((await search()).status, 200); // learn the service time
+    const queries = Array.from({ length: 16 }, (_, i) => ({ query: `a domestic animal ${i}`, k: 5, exact: true }));
+    const r = await fetch(`${s.httpUrl}/v1/search/batch`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ queries }) });
+    const body = (await r.json()) as { results?: unknown[]; error?: unknown };
+    assert.equal(r.status, 200, JSON.stringify(body));
+    assert.equal(body.results!.length, 16);
+    const singles = await Promise.all(queries.map(() => search()));
+    assert.ok(singles.some((x) => x.status === 429), 'the same 16 as single requests at once: some are shed (concurrency 1, budget 3 ms)');
   });
 
   test('200 slow sockets holding half a search body do not lock out a normal search', async () => {

@@ -130,9 +130,10 @@ export class AdmissionQueue {
   /**
    * Admit at the door or refuse: resolves with a slot when the request may run (at once, or after
    * waiting its turn), rejects at once when its expected wait is over budget or past its deadline,
-   * and later if the client goes away (or its deadline passes) while it waits.
+   * and later if the client goes away (or its deadline passes) while it waits. A request of several
+   * `items` (a search batch) is admitted or refused whole and holds one slot.
    */
-  enter(rc: Pick<RequestContext, 'signal' | 'deadline' | 'priority' | 'priorityField'>): Promise<Slot> {
+  enter(rc: Pick<RequestContext, 'signal' | 'deadline' | 'priority' | 'priorityField'>, items = 1): Promise<Slot> {
     let priority: Priority;
     try {
       priority = priorityOf(rc);
@@ -141,7 +142,7 @@ export class AdmissionQueue {
     }
     if (rc.signal.aborted) return Promise.reject(rc.signal.reason);
     const now = performance.now();
-    if (this.running < this.concurrency && this.waitingCount === 0) return Promise.resolve(this.take(priority, now));
+    if (this.running < this.concurrency && this.waitingCount === 0) return Promise.resolve(this.take(priority, now, items));
     const wait = this.expectedWaitMs(priority);
     const left = Number.isFinite(rc.deadline) ? rc.deadline - Date.now() : Infinity;
     if (wait > left) {
@@ -162,7 +163,7 @@ export class AdmissionQueue {
         enqueued: now,
         grant: () => {
           rc.signal.removeEventListener('abort', onAbort);
-          resolve(this.take(priority, w.enqueued));
+          resolve(this.take(priority, w.enqueued, items));
         },
       };
       rc.signal.addEventListener('abort', onAbort, { once: true });
@@ -171,7 +172,8 @@ export class AdmissionQueue {
     });
   }
 
-  private take(priority: Priority, enqueued: number): Slot {
+  /** `items`: what one slot runs (a search batch); the service time recorded is per item. */
+  private take(priority: Priority, enqueued: number, items: number): Slot {
     this.running++;
     this.m?.running.set({ queue: this.name }, this.running);
     const start = performance.now();
@@ -184,7 +186,7 @@ export class AdmissionQueue {
         if (done) return;
         done = true;
         this.running--;
-        const held = performance.now() - start;
+        const held = (performance.now() - start) / Math.max(1, items);
         this.serviceMs = this.serviceMs === undefined ? held : this.serviceMs + this.smoothing * (held - this.serviceMs);
         this.m?.serviceSeconds.set({ queue: this.name }, this.serviceMs / 1000);
         this.dispatch();

@@ -486,8 +486,20 @@ export class SearchService {
     return e;
   }
 
-  /** One search: validate -> route (A/B) -> gate -> run -> account. */
+  /** One search: validate -> admit -> route (A/B) -> gate -> run -> account. */
   async search(req: SearchRequest, rc: RequestContext): Promise<SearchResponse> {
+    const p = this.validated(req, rc);
+    // at the door, after validation and before any work (issue 16)
+    const slot = this.queue ? await this.queue.enter(rc) : NO_SLOT;
+    try {
+      return await this.routedSearch(req, rc, p);
+    } finally {
+      slot.release();
+    }
+  }
+
+  /** Checks a request (field-named errors) and resolves its defaults. */
+  private validated(req: SearchRequest, rc: RequestContext): { k: number; ef: number; mode: SearchMode } {
     if (this.draining) throw new UnavailableError('search is draining');
     const f = rc.field;
     this.model(req.model, f);
@@ -505,21 +517,19 @@ export class SearchService {
     }
     const mode = req.mode ?? this.cfg.defaultMode;
     if (!SEARCH_MODES.includes(mode)) throw new InvalidArgumentError(f('mode'), `must be one of ${SEARCH_MODES.join(', ')}`);
-    // at the door, after validation and before any work (issue 16)
-    const slot = this.queue ? await this.queue.enter(rc) : NO_SLOT;
-    try {
-      const { result, variant } = await routed(
-        this.deps.experiments,
-        'search',
-        rc,
-        { explicitModel: req.model, query: req.query },
-        (v) => this.run(req, k, ef, mode, rc, v?.search?.model ?? req.model, v?.name ?? ''),
-        (res) => ({ resultIds: res.results.map((r) => r.id) }),
-      );
-      return variant ? { ...result, variant } : result;
-    } finally {
-      slot.release();
-    }
+    return { k, ef, mode };
+  }
+
+  private async routedSearch(req: SearchRequest, rc: RequestContext, p: { k: number; ef: number; mode: SearchMode }): Promise<SearchResponse> {
+    const { result, variant } = await routed(
+      this.deps.experiments,
+      'search',
+      rc,
+      { explicitModel: req.model, query: req.query },
+      (v) => this.run(req, p.k, p.ef, p.mode, rc, v?.search?.model ?? req.model, v?.name ?? ''),
+      (res) => ({ resultIds: res.results.map((r) => r.id) }),
+    );
+    return variant ? { ...result, variant } : result;
   }
 
   /** The routed part: gate under the serving variant's (else the model's) policy, search, account. */
@@ -576,10 +586,18 @@ export class SearchService {
    * index) answers for the batch.
    */
   async searchBatch(items: ReadonlyArray<{ req: SearchRequest; rc: RequestContext }>): Promise<SearchResponse[]> {
-    const settled = await Promise.allSettled(items.map(({ req, rc }) => this.search(req, rc)));
-    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed) throw failed.reason;
-    return settled.map((r) => (r as PromiseFulfilledResult<SearchResponse>).value);
+    const ps = items.map(({ req, rc }) => this.validated(req, rc));
+    if (items.length === 0) return [];
+    // admitted or refused whole: one slot for the batch (its searches reach the workers together)
+    const slot = this.queue ? await this.queue.enter(items[0]!.rc, items.length) : NO_SLOT;
+    try {
+      const settled = await Promise.allSettled(items.map(({ req, rc }, i) => this.routedSearch(req, rc, ps[i]!)));
+      const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed) throw failed.reason;
+      return settled.map((r) => (r as PromiseFulfilledResult<SearchResponse>).value);
+    } finally {
+      slot.release();
+    }
   }
 
   status(): Record<string, unknown> {
