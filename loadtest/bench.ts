@@ -37,7 +37,7 @@ import type { WorkerRequest } from '../src/engine/cat/types.js';
 import { runGrid, formatGrid, type GridResult, type StepResult } from './engine-step.js';
 import { runGenerationLoad, startGenerationServer, formatGenLoad, type GenLoadResult } from './generation-grpc.js';
 import { runSearchLoad, runSearchInProcess, formatSearchLoad, type SearchLoadResult, type InProcessSearchResult } from './search-rest.js';
-import { Args, checkTunables, fmt, machine, machineLine, median, prompt, summary, type Summary } from './lib.js';
+import { Args, checkTunables, decodeInputs, fmt, machine, machineLine, median, prompt, summary, type Summary } from './lib.js';
 
 const A = new Args();
 const QUICK = A.has('quick');
@@ -155,23 +155,10 @@ async function concatFree(): Promise<void> {
   {
     const ra = await CatModel.load('shipped', DENSE_DIR, { onnx: ONNX, verifySha256: false });
     const rb = await CatModel.load('concat-free', join(out, 'dense'), { onnx: ONNX, verifySha256: false });
-    const { nLayers: L, nHeads: H, headDim: Dh, dModel: D } = ra.info;
     log('decode call alone (T = 1, all past slots visible), both graphs in one process, interleaved, medians:');
     for (const P of [288, 1024, 4064]) {
       for (const B of QUICK ? [8] : [1, 8, 32]) {
-        const rnd = (n: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 12.9898) * 0.5);
-        const past = Array.from({ length: L }, () => rnd(B * H * P * Dh));
-        const pastV = Array.from({ length: L }, () => rnd(B * H * P * Dh));
-        const x = {
-          B, T: 1, P,
-          inputIds: BigInt64Array.from({ length: B }, (_, i) => BigInt(65 + i)),
-          specialEmbeds: new Float32Array(B * D),
-          useSpecial: new Uint8Array(B),
-          positionIds: BigInt64Array.from({ length: B }, () => BigInt(P)),
-          attnBias: new Float32Array(B * (P + 1)),
-          pastKey: past,
-          pastValue: pastV,
-        };
+        const x = decodeInputs(ra, B, P);
         const ta: number[] = [];
         const tb: number[] = [];
         const n = Math.max(20, Math.min(200, Math.round(2000 / Math.max(1, (B * P) / 400))));

@@ -426,15 +426,20 @@ def model_dir(kind: str) -> str:
     return os.path.join(HERE, "adaptive" if kind in ("adaptive", "adaptive_cat") else "dense")
 
 
+def load_checkpoint(path: str, kind: str):
+    """A model.pt (or training checkpoint) as an eval-mode model, plus the whole checkpoint."""
+    ck = torch.load(path, map_location="cpu")
+    m = build(kind, Config.from_dict(ck["config"]))
+    m.load_state_dict(ck["state_dict"])
+    m.eval()
+    return m, ck
+
+
 def load(kind: str, allow_random: bool = True, seed: int = 0):
     """The committed model.pt if present, else a random-init model (for tests)."""
     path = os.path.join(model_dir(kind), "model.pt")
     if os.path.exists(path):
-        ck = torch.load(path, map_location="cpu")
-        m = build(kind, Config.from_dict(ck["config"]))
-        m.load_state_dict(ck["state_dict"])
-        m.eval()
-        return m, True
+        return load_checkpoint(path, kind)[0], True
     if not allow_random:
         raise FileNotFoundError(path)
     torch.manual_seed(seed)

@@ -207,10 +207,7 @@ def narrow_baseline(data, rows):
     if not os.path.exists(NARROW):
         return {"done": False, "note": "a dense baseline at the compressor's width (D=64) was not "
                                        "trained: the CPU budget went to the two served models"}
-    ck = torch.load(NARROW, map_location="cpu")
-    m = catlib.build("dense", catlib.Config.from_dict(ck["config"]))
-    m.load_state_dict(ck["state_dict"])
-    m.eval()
+    m, ck = catlib.load_checkpoint(NARROW, "dense")
     bpb, _ = bits_per_byte(m, None, data)
     by = {r["model"]: r["heldout_bits_per_byte"] for r in rows}
     return {"done": True, "d_model": m.cfg.d_model, "ffn": m.cfg.ffn,

@@ -25,6 +25,7 @@ import { experimentsCapability } from '../../src/server/experiments/capability.j
 import { SearchCapability } from '../../src/server/search/capability.js';
 import { loadWordnetLabels } from '../../src/index/wordnet.js';
 import type { ConfigInput } from '../../src/server/config.js';
+import { testServerConfig } from '../server/helpers.js';
 
 // Functions passed to page.evaluate / waitForFunction run in the browser: its globals, untyped here
 // (the project compiles without the DOM library).
@@ -78,10 +79,7 @@ before(async () => {
   const dir = mkdtempSync(join(tmpdir(), 'console-e2e-'));
   const config = {
     host: '127.0.0.1',
-    httpPort: 0,
-    grpcPort: 0,
-    logLevel: 'silent',
-    onnx: { providers: ['cpu'] },
+    ...testServerConfig(),
     generation: { maxTokensLimit: 1024 },
     // the console shows the gate's verdict; flag keeps a fixture prompt from being refused
     detector: { routes: { generate: { action: 'flag' }, search: { action: 'flag' } } },

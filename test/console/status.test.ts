@@ -12,7 +12,7 @@ import { startServer, type RunningServer } from '../../src/server/server.js';
 import { coreCapability } from '../../src/server/core.js';
 import { experimentsCapability } from '../../src/server/experiments/capability.js';
 import type { ConfigInput } from '../../src/server/config.js';
-import { testCapability } from '../server/helpers.js';
+import { testCapability, testServerConfig } from '../server/helpers.js';
 
 const TOKEN = 'status-admin-token-0123456789';
 const open: RunningServer[] = [];
@@ -29,7 +29,7 @@ async function get(s: RunningServer, path: string, token?: string): Promise<{ st
 describe('GET /v1/status', () => {
   test('answers while starting (not_ready and why), then ready with sessions, uptime and a KV history; the console is served throughout', async () => {
     const cap = testCapability({ gated: true });
-    const s = await startServer({ config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] } }, capabilities: [coreCapability, cap.factory] });
+    const s = await startServer({ config: { ...testServerConfig() }, capabilities: [coreCapability, cap.factory] });
     open.push(s);
     const starting = await get(s, '/v1/status');
     assert.equal(starting.status, 200);

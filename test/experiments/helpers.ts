@@ -15,6 +15,7 @@ import type { Config, ConfigInput } from '../../src/server/config.js';
 import { routeHttp } from '../../src/server/experiments/routing.js';
 import { startServer, type RunningServer } from '../../src/server/server.js';
 import { experimentsCapability } from '../../src/server/experiments/capability.js';
+import { testServerConfig } from '../server/helpers.js';
 
 export const TOKEN = 'experiments-admin-token-0123';
 
@@ -76,7 +77,7 @@ export function tempDir(prefix = 'catskim-exp-'): string {
 
 export async function startRouted(experiments: Record<string, unknown>, extra: ConfigInput = {}): Promise<RunningServer> {
   const s = await startServer({
-    config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] }, experiments, ...extra } as ConfigInput,
+    config: { ...testServerConfig(), experiments, ...extra } as ConfigInput,
     capabilities: [experimentsCapability, routedCapability],
   });
   await s.ready;

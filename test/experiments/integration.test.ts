@@ -15,6 +15,7 @@ import { generationCapability, GENERATION_PROTO } from '../../src/server/generat
 import { experimentsCapability } from '../../src/server/experiments/capability.js';
 import { loadWordnetLabels } from '../../src/index/wordnet.js';
 import { http, tempDir } from './helpers.js';
+import { testServerConfig } from '../server/helpers.js';
 
 const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 const open: RunningServer[] = [];
@@ -27,7 +28,7 @@ test('search: the default search experiment picks the encoder, names the variant
   const labels = loadWordnetLabels().filter((l) => ids.has(l.id));
   const dir = tempDir();
   const s = await startServer({
-    config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] }, experiments: { dir, flushMs: 5, experiments: { search_encoder: { shadow: { variant: 'skim', share: 1 } } } } } as never,
+    config: { ...testServerConfig(), experiments: { dir, flushMs: 5, experiments: { search_encoder: { shadow: { variant: 'skim', share: 1 } } } } } as never,
     capabilities: [experimentsCapability, (ctx) => new SearchCapability(ctx, { cacheDir: join(dir, 'search'), M: 4, efConstruction: 16, workersPerModel: 1 }, { baseLabels: labels })],
   });
   open.push(s);
@@ -71,7 +72,7 @@ type Client = grpc.Client & Record<string, (...a: unknown[]) => unknown>;
 test('generation over gRPC: variant -> model + default chunk size, named in the response; override metadata', async () => {
   const dir = tempDir();
   const s = await startServer({
-    config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] }, generation: { warmup: false }, experiments: { dir, flushMs: 5 } } as never,
+    config: { ...testServerConfig(), generation: { warmup: false }, experiments: { dir, flushMs: 5 } } as never,
     capabilities: [experimentsCapability, generationCapability],
   });
   open.push(s);
@@ -140,10 +141,7 @@ test('search gate: a per-variant setting (detector.routes.search.variants.<name>
   const dir = tempDir();
   const s = await startServer({
     config: {
-      httpPort: 0,
-      grpcPort: 0,
-      logLevel: 'silent',
-      onnx: { providers: ['cpu'] },
+      ...testServerConfig(),
       // variant "strict" is served by the skim encoder, like variant "skim"; only its gate policy differs
       experiments: { dir, flushMs: 5, variants: { strict: { search: { model: 'skim' } } } },
       detector: { routes: { search: { action: 'flag', variants: { strict: { action: 'reject' } } } } },

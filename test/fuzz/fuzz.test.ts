@@ -29,6 +29,7 @@ import { generationCapability, GENERATION_PROTO } from '../../src/server/generat
 import { loadProto } from '../../src/server/grpc.js';
 import { SearchCapability } from '../../src/server/search/capability.js';
 import { startServer, type RunningServer } from '../../src/server/server.js';
+import { testServerConfig } from '../server/helpers.js';
 
 const RUNS = Number(process.env.FUZZ_RUNS ?? 300);
 const SEED = process.env.FUZZ_SEED === undefined ? undefined : Number(process.env.FUZZ_SEED);
@@ -303,10 +304,7 @@ describe(`fuzz (${RUNS} cases per transport)`, () => {
     dir = mkdtempSync(join(tmpdir(), 'catskim-fuzz-'));
     s = await startServer({
       config: {
-        httpPort: 0,
-        grpcPort: 0,
-        logLevel: 'silent',
-        onnx: { providers: ['cpu'] },
+        ...testServerConfig(),
         admission: { maxInFlight: 64 },
         http: { headersTimeoutMs: 1000, requestTimeoutMs: 2000 },
         generation: { maxTokensLimit: 8, defaultMaxTokens: 4, warmup: false },

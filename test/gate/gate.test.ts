@@ -14,6 +14,7 @@ import { grpcHandlers, loadProto, serviceDefinition } from '../../src/server/grp
 import { errorResponses } from '../../src/server/http.js';
 import { startServer, type RunningServer } from '../../src/server/server.js';
 import { Gate, OOD_JSON_SCHEMA, detectorCapability, oodToGrpc, type GateRoute } from '../../src/server/gate/index.js';
+import { testServerConfig } from '../server/helpers.js';
 
 const PROBE_PROTO = join(PACKAGE_ROOT, 'test', 'gate', 'fixtures', 'gate_probe.proto');
 const ID_TEXT: Record<GateRoute, string> = {
@@ -138,10 +139,7 @@ describe('OOD gate on a real server (bundled detectors)', () => {
   before(async () => {
     s = await startServer({
       config: {
-        httpPort: 0,
-        grpcPort: 0,
-        logLevel: 'silent',
-        onnx: { providers: ['cpu'] },
+        ...testServerConfig(),
         detector: {
           routes: {
             search: { variants: { strict: { action: 'reject' }, lenient: { tau: 0.999999 } } },
@@ -283,7 +281,7 @@ describe('OOD gate on a real server (bundled detectors)', () => {
 describe('gating switched off', () => {
   test('detector.enabled=false: no detector loads, check() returns undefined', async () => {
     const s = await startServer({
-      config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] }, detector: { enabled: false } } as ConfigInput,
+      config: { ...testServerConfig(), detector: { enabled: false } } as ConfigInput,
       capabilities: [detectorCapability, probeCapability],
     });
     try {
@@ -298,7 +296,7 @@ describe('gating switched off', () => {
 
   test('action=off on one route only', async () => {
     const s = await startServer({
-      config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] }, detector: { routes: { search: { action: 'off' }, generate: { action: 'reject' } } } } as ConfigInput,
+      config: { ...testServerConfig(), detector: { routes: { search: { action: 'off' }, generate: { action: 'reject' } } } } as ConfigInput,
       capabilities: [detectorCapability, probeCapability],
     });
     try {

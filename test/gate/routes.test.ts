@@ -19,6 +19,7 @@ import type * as Wire from '../../src/server/wire.js';
 import { generationCapability, GENERATION_PROTO } from '../../src/server/generation/capability.js';
 import { SearchCapability } from '../../src/server/search/capability.js';
 import { loadWordnetLabels, type LabelRecord } from '../../src/index/wordnet.js';
+import { testServerConfig } from '../server/helpers.js';
 
 const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 const PROMPT = 'And the LORD spake unto Moses, saying, Speak unto the children of Israel, and say unto them,';
@@ -70,10 +71,7 @@ describe('gRPC Generate behind the OOD gate (reject configured, fallback on one 
   before(async () => {
     s = await startServer({
       config: {
-        httpPort: 0,
-        grpcPort: 0,
-        logLevel: 'silent',
-        onnx: { providers: ['cpu'] },
+        ...testServerConfig(),
         generation: { warmup: false },
         detector: { routes: { generate: { action: 'reject', variants: { 'dense-kjv': { action: 'fallback', fallback: 'cat-kjv' } } } } },
       } as ConfigInput,
@@ -143,7 +141,7 @@ describe('gRPC Generate under the default gate config (flag)', () => {
 
   before(async () => {
     s = await startServer({
-      config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] }, generation: { warmup: false } } as ConfigInput,
+      config: { ...testServerConfig(), generation: { warmup: false } } as ConfigInput,
       capabilities: [detectorCapability, generationCapability],
     });
     await s.ready;
@@ -177,10 +175,7 @@ describe('REST /v1/search behind the OOD gate (flag by default, reject on one mo
     cache = mkdtempSync(join(tmpdir(), 'gate-search-'));
     s = await startServer({
       config: {
-        httpPort: 0,
-        grpcPort: 0,
-        logLevel: 'silent',
-        onnx: { providers: ['cpu'] },
+        ...testServerConfig(),
         detector: { routes: { search: { variants: { baseline: { action: 'reject' } } } } },
       } as ConfigInput,
       capabilities: [detectorCapability, (ctx) => new SearchCapability(ctx, { cacheDir: cache, M: 4, efConstruction: 16, workersPerModel: 1 }, { baseLabels: labels })],

@@ -10,7 +10,7 @@ import { loadProto } from '../../src/server/grpc.js';
 import type * as Wire from '../../src/server/wire.js';
 import { generationCapability, GENERATION_PROTO } from '../../src/server/generation/capability.js';
 import { loadFixtures } from '../engine/helpers.js';
-import { metricValue as metric, reflectionClient, rejectsWithCode as rejects, until } from '../server/helpers.js';
+import { metricValue as metric, reflectionClient, rejectsWithCode as rejects, until, testServerConfig } from '../server/helpers.js';
 
 type Client = grpc.Client & Record<string, (...a: unknown[]) => unknown>;
 
@@ -53,7 +53,7 @@ describe('Generation over gRPC', () => {
     s = await startServer({
       // [ood gate] engine tests, not gate tests: flag (the default) stated here so that a truncated fixture
       // prompt ("...created the heav") near the detector's threshold never fails them (test/gate/ covers rejects)
-      config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] }, generation: { maxTokensLimit: 4000, streamCoalesceTokens: 4, streamCoalesceMs: 5 }, detector: { routes: { generate: { action: 'flag' } } } },
+      config: { ...testServerConfig(), generation: { maxTokensLimit: 4000, streamCoalesceTokens: 4, streamCoalesceMs: 5 }, detector: { routes: { generate: { action: 'flag' } } } },
       capabilities: [generationCapability],
     });
     await s.ready;
@@ -263,7 +263,7 @@ describe('Generation admission and draining', () => {
   before(async () => {
     s = await startServer({
       // shedding off: these tests exercise the engine's own bounded queue behind it
-      config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] }, generation: { models: [{ name: 'cat-kjv', dir: 'cat/adaptive' }], maxRunning: 1, maxWaiting: 1, warmup: false }, shedding: { enabled: false } },
+      config: { ...testServerConfig(), generation: { models: [{ name: 'cat-kjv', dir: 'cat/adaptive' }], maxRunning: 1, maxWaiting: 1, warmup: false }, shedding: { enabled: false } },
       capabilities: [generationCapability],
     });
     await s.ready;

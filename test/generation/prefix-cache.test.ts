@@ -6,17 +6,14 @@ import { startServer } from '../../src/server/server.js';
 import { loadProto } from '../../src/server/grpc.js';
 import { generationCapability, GENERATION_PROTO } from '../../src/server/generation/capability.js';
 import type * as Wire from '../../src/server/wire.js';
-import { metricValue } from '../server/helpers.js';
+import { metricValue, testServerConfig } from '../server/helpers.js';
 
 type Client = grpc.Client & Record<string, (...a: unknown[]) => unknown>;
 
 test('prefix cache on: a repeated prompt prefix is reused (metrics, KV gauge) with the same answer', async () => {
   const s = await startServer({
     config: {
-      httpPort: 0,
-      grpcPort: 0,
-      logLevel: 'silent',
-      onnx: { providers: ['cpu'] },
+      ...testServerConfig(),
       generation: { models: [{ name: 'cat-kjv', dir: 'cat/adaptive' }], warmup: false, prefixCacheBytes: 16 << 20 },
       detector: { enabled: false },
       experiments: { enabled: false },

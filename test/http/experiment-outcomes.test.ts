@@ -17,7 +17,7 @@ import { generationCapability, GENERATION_PROTO } from '../../src/server/generat
 import { experimentsCapability } from '../../src/server/experiments/capability.js';
 import { reportFromFile, formatReport } from '../../src/serving/experiments/report.js';
 import { outcomeClass } from '../../src/serving/experiments/outcomes.js';
-import { metricValue } from '../server/helpers.js';
+import { metricValue, testServerConfig } from '../server/helpers.js';
 
 const PROMPT = 'In the beginning God created the heaven and the earth.';
 
@@ -26,10 +26,7 @@ test('a burst of 400s through the A/B router: error rate 0, counted as client er
   const guard = { maxErrorRate: 0.2, windowSec: 60, minRequests: 5 };
   const s = await startServer({
     config: {
-      httpPort: 0,
-      grpcPort: 0,
-      logLevel: 'silent',
-      onnx: { providers: ['cpu'] },
+      ...testServerConfig(),
       generation: { warmup: false },
       experiments: { dir, flushMs: 5, guardCheckMs: 0, experiments: { generate_chunk: { route: 'generate', control: 'cat8', weights: { cat8: 50, cat16: 50 }, guard } } },
     },

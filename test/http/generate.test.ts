@@ -16,7 +16,7 @@ import { loadProto } from '../../src/server/grpc.js';
 import { generationCapability, GENERATION_PROTO } from '../../src/server/generation/capability.js';
 import { experimentsCapability } from '../../src/server/experiments/capability.js';
 import { runGenerateCli, sseEvents } from '../../src/server/generate-cli.js';
-import { metricValue, until } from '../server/helpers.js';
+import { metricValue, until, testServerConfig } from '../server/helpers.js';
 
 const PROMPT = 'In the beginning God created the heaven and the earth.';
 
@@ -44,10 +44,7 @@ describe('native generation routes', () => {
   before(async () => {
     s = await startServer({
       config: {
-        httpPort: 0,
-        grpcPort: 0,
-        logLevel: 'silent',
-        onnx: { providers: ['cpu'] },
+        ...testServerConfig(),
         generation: { warmup: false, streamCoalesceTokens: 4, streamCoalesceMs: 5, maxTokensLimit: 4000 },
         detector: { routes: { generate: { action: 'flag' } } },
         experiments: { dir: mkdtempSync(join(tmpdir(), 'catskim-http-gen-')) },

@@ -12,7 +12,7 @@ import { loadProto } from '../../src/server/grpc.js';
 import { generationCapability, GENERATION_PROTO } from '../../src/server/generation/capability.js';
 import { detectorCapability } from '../../src/server/gate/capability.js';
 import { experimentsCapability } from '../../src/server/experiments/capability.js';
-import { metricValue } from '../server/helpers.js';
+import { metricValue, testServerConfig } from '../server/helpers.js';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -29,7 +29,7 @@ describe('generation metrics', () => {
 
   before(async () => {
     s = await startServer({
-      config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] }, generation: { warmup: false, maxRunning: 4, ticksPerMessage: 3 }, experiments: { dir: mkdtempSync(join(tmpdir(), 'catskim-http-metrics-')) }, detector: { routes: { generate: { action: 'flag' } } } },
+      config: { ...testServerConfig(), generation: { warmup: false, maxRunning: 4, ticksPerMessage: 3 }, experiments: { dir: mkdtempSync(join(tmpdir(), 'catskim-http-metrics-')) }, detector: { routes: { generate: { action: 'flag' } } } },
       capabilities: [generationCapability, detectorCapability, experimentsCapability],
     });
     await s.ready;

@@ -13,6 +13,7 @@ import OpenAI from 'openai';
 import { startServer, type RunningServer } from '../../src/server/server.js';
 import { generationCapability } from '../../src/server/generation/capability.js';
 import { DENSE_DIR } from '../engine/helpers.js';
+import { testServerConfig } from '../server/helpers.js';
 
 const PROMPT = 'In the beginning God created the heaven and the earth.';
 
@@ -34,10 +35,7 @@ describe('OpenAI-compatible API with the official SDK', () => {
   before(async () => {
     s = await startServer({
       config: {
-        httpPort: 0,
-        grpcPort: 0,
-        logLevel: 'silent',
-        onnx: { providers: ['cpu'] },
+        ...testServerConfig(),
         generation: { warmup: false, models: [{ name: 'cat-kjv', dir: 'cat/adaptive' }, { name: 'dense-kjv', dir: 'cat/dense' }, { name: 'dense-chat', dir: chatModelDir() }] },
         detector: { routes: { generate: { action: 'flag' } } },
       },

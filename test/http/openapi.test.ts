@@ -13,6 +13,7 @@ import { after, before, describe, test } from 'node:test';
 import SwaggerParser from '@apidevtools/swagger-parser';
 import { startServer, type RunningServer } from '../../src/server/server.js';
 import { operationIdFor } from '../../src/server/openapi.js';
+import { testServerConfig } from '../server/helpers.js';
 
 const METHODS = ['get', 'put', 'post', 'delete', 'patch', 'head', 'options'];
 
@@ -23,7 +24,7 @@ describe('OpenAPI document and /docs', () => {
   before(async () => {
     // every capability npm start serves; search without an index build (its routes exist either way)
     s = await startServer({
-      config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] }, generation: { warmup: false }, search: { buildOnStart: false }, experiments: { dir: mkdtempSync(join(tmpdir(), 'catskim-openapi-')) } },
+      config: { ...testServerConfig(), generation: { warmup: false }, search: { buildOnStart: false }, experiments: { dir: mkdtempSync(join(tmpdir(), 'catskim-openapi-')) } },
     });
     s.ready.catch(() => {}); // search cannot become ready without its index: not what this test is about
     doc = await (await fetch(`${s.httpUrl}/openapi.json`)).json();

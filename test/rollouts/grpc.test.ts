@@ -12,7 +12,7 @@ import { loadProto } from '../../src/server/grpc.js';
 import type * as Wire from '../../src/server/wire.js';
 import { generationCapability, GENERATION_PROTO } from '../../src/server/generation/capability.js';
 import { loadFixtures } from '../engine/helpers.js';
-import { metricValue as metric, rejectsWithCode as rejects } from '../server/helpers.js';
+import { metricValue as metric, rejectsWithCode as rejects, testServerConfig } from '../server/helpers.js';
 
 type Client = grpc.Client & Record<string, (...a: unknown[]) => unknown>;
 
@@ -51,7 +51,7 @@ describe('Rollouts over gRPC', () => {
 
   before(async () => {
     s = await startServer({
-      config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] }, generation: { warmup: false, maxN: 8, maxTopLogprobs: 20, streamCoalesceTokens: 4, streamCoalesceMs: 5 } },
+      config: { ...testServerConfig(), generation: { warmup: false, maxN: 8, maxTopLogprobs: 20, streamCoalesceTokens: 4, streamCoalesceMs: 5 } },
       capabilities: [generationCapability],
     });
     await s.ready;

@@ -12,6 +12,7 @@ import { startServer, type RunningServer } from '../../src/server/server.js';
 import { SearchCapability } from '../../src/server/search/capability.js';
 import type { SearchConfig } from '../../src/serving/search/config.js';
 import { loadWordnetLabels, type LabelRecord } from '../../src/index/wordnet.js';
+import { testServerConfig } from '../server/helpers.js';
 
 const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 const TOKEN = 'test-admin-token-0123456789';
@@ -24,7 +25,7 @@ const LABELS: LabelRecord[] = ALL.filter((l) => fixtureIds.has(l.id));
 async function start(cacheDir: string, over: Partial<SearchConfig> = {}, labels: LabelRecord[] = LABELS): Promise<RunningServer> {
   return startServer({
     // shedding off: bursts here test search itself (per-request ef), not admission (test/serving/shedding.test.ts)
-    config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] }, shedding: { enabled: false } },
+    config: { ...testServerConfig(), shedding: { enabled: false } },
     capabilities: [(ctx) => new SearchCapability(ctx, { cacheDir, M: 4, efConstruction: 16, workersPerModel: 2, ...over }, { baseLabels: labels })],
   });
 }

@@ -14,6 +14,7 @@ import { startServer, type RunningServer } from '../../src/server/server.js';
 import { SearchCapability } from '../../src/server/search/capability.js';
 import type { SearchConfig } from '../../src/serving/search/config.js';
 import { loadWordnetLabels, type LabelRecord } from '../../src/index/wordnet.js';
+import { testServerConfig } from '../server/helpers.js';
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 const TOKEN = 'test-admin-token-0123456789';
@@ -30,7 +31,7 @@ let cap: SearchCapability;
 
 async function start(cacheDir: string, over: Partial<SearchConfig> = {}): Promise<RunningServer> {
   return startServer({
-    config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] } },
+    config: { ...testServerConfig() },
     capabilities: [(ctx) => (cap = new SearchCapability(ctx, { cacheDir, M: 8, efConstruction: 64, workersPerModel: 1, adminToken: TOKEN, ...over }, { baseLabels: LABELS }))],
   });
 }

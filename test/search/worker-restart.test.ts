@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { startServer, type RunningServer } from '../../src/server/server.js';
 import { SearchCapability } from '../../src/server/search/capability.js';
 import { loadWordnetLabels, type LabelRecord } from '../../src/index/wordnet.js';
+import { testServerConfig } from '../server/helpers.js';
 
 const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
 const TOKEN = 'test-admin-token-restart-0123';
@@ -25,7 +26,7 @@ before(async () => {
   const cacheDir = mkdtempSync(join(tmpdir(), 'search-restart-'));
   s = await startServer({
     // shedding off: the burst below must reach the worker that is killed
-    config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] }, shedding: { enabled: false } },
+    config: { ...testServerConfig(), shedding: { enabled: false } },
     capabilities: [(ctx) => (cap = new SearchCapability(ctx, { cacheDir, M: 4, efConstruction: 16, workersPerModel: 1, adminToken: TOKEN }, { baseLabels: LABELS }))],
   });
   await s.ready;

@@ -9,6 +9,7 @@ import * as grpc from '@grpc/grpc-js';
 import { generationCapability, GENERATION_PROTO } from '../../src/server/generation/capability.js';
 import { loadProto } from '../../src/server/grpc.js';
 import { startServer, type RunningServer } from '../../src/server/server.js';
+import { testServerConfig } from './helpers.js';
 
 type Client = grpc.Client & Record<string, (...a: unknown[]) => grpc.ClientReadableStream<unknown> & grpc.ClientUnaryCall>;
 
@@ -83,7 +84,7 @@ describe('gRPC errors under abuse', () => {
   before(async () => {
     process.on('unhandledRejection', onRejection);
     s = await startServer({
-      config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] }, detector: { routes: { generate: { action: 'flag' } } } },
+      config: { ...testServerConfig(), detector: { routes: { generate: { action: 'flag' } } } },
       capabilities: [generationCapability],
     });
     await s.ready;

@@ -20,6 +20,14 @@ import { PACKAGE_ROOT, type Config } from '../../src/server/config.js';
 import { grpcHandlers, loadProto, serviceDefinition } from '../../src/server/grpc.js';
 import { abortSignalFor, errorResponses } from '../../src/server/http.js';
 
+/**
+ * The config every in-process test server starts from: ephemeral ports, no logs, CPU only.
+ *   startServer({ config: { ...testServerConfig(), generation: { warmup: false } }, capabilities })
+ */
+export function testServerConfig(): { httpPort: number; grpcPort: number; logLevel: 'silent'; onnx: { providers: Array<'cpu'> } } {
+  return { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] } };
+}
+
 export const TEST_PROTO = join(PACKAGE_ROOT, 'test', 'fixtures', 'proto', 'catskim_test.proto');
 export const ECHO_SERVICE = 'catskim.test.v1.Echo';
 

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { connect } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { startServer, type RunningServer } from '../../src/server/server.js';
-import { testCapability } from './helpers.js';
+import { testCapability, testServerConfig } from './helpers.js';
 
 /** Send raw bytes; read one response (by Content-Length) or until the server closes (at most waitMs). */
 export function rawHttp(port: number, bytes: string | Buffer, waitMs = 3000): Promise<{ status: number; headers: Record<string, string>; body: string; raw: string }> {
@@ -47,7 +47,7 @@ describe('parser-level HTTP errors use the one error shape', () => {
   const { factory } = testCapability();
 
   before(async () => {
-    s = await startServer({ config: { httpPort: 0, grpcPort: 0, logLevel: 'silent', onnx: { providers: ['cpu'] } }, capabilities: [factory] });
+    s = await startServer({ config: { ...testServerConfig() }, capabilities: [factory] });
     await s.ready;
   });
   after(async () => {

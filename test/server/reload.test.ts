@@ -19,6 +19,7 @@ import { generationCapability, GENERATION_PROTO } from '../../src/server/generat
 import { loadProto } from '../../src/server/grpc.js';
 import { SearchCapability } from '../../src/server/search/capability.js';
 import { startServer, type RunningServer } from '../../src/server/server.js';
+import { testServerConfig } from './helpers.js';
 
 const TOKEN = 'reload-admin-token-0123456789';
 
@@ -43,10 +44,7 @@ describe('hot reload', () => {
     const labels = loadWordnetLabels().filter((l) => ids.has(l.id));
     s = await startServer({
       config: {
-        httpPort: 0,
-        grpcPort: 0,
-        logLevel: 'silent',
-        onnx: { providers: ['cpu'] },
+        ...testServerConfig(),
         admin: { token: TOKEN },
         experiments: { enabled: false },
         shedding: { enabled: false },

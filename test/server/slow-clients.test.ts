@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { startServer, type RunningServer } from '../../src/server/server.js';
-import { collectStream, echoClient, getJson, testCapability, until } from './helpers.js';
+import { collectStream, echoClient, getJson, testCapability, until, testServerConfig } from './helpers.js';
 
 const SLOW_SOCKETS = 200;
 const MAX_IN_FLIGHT = 50;
@@ -33,10 +33,7 @@ describe('slow clients', () => {
   before(async () => {
     s = await startServer({
       config: {
-        httpPort: 0,
-        grpcPort: 0,
-        logLevel: 'silent',
-        onnx: { providers: ['cpu'] },
+        ...testServerConfig(),
         admission: { maxInFlight: MAX_IN_FLIGHT },
         http: { headersTimeoutMs: 1000, requestTimeoutMs: 2000 },
         grpc: { maxConcurrentStreams: 2 },

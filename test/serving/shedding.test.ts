@@ -22,7 +22,7 @@ import { SearchCapability } from '../../src/server/search/capability.js';
 import { startServer, type RunningServer } from '../../src/server/server.js';
 import { Shedder, type Slot } from '../../src/serving/admission/queue.js';
 import type { SheddingConfig } from '../../src/serving/admission/config.js';
-import { metricValue } from '../server/helpers.js';
+import { metricValue, testServerConfig } from '../server/helpers.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -188,10 +188,7 @@ describe('shedding on a real server', () => {
     dir = mkdtempSync(join(tmpdir(), 'catskim-shed-'));
     s = await startServer({
       config: {
-        httpPort: 0,
-        grpcPort: 0,
-        logLevel: 'silent',
-        onnx: { providers: ['cpu'] },
+        ...testServerConfig(),
         experiments: { enabled: false },
         detector: { routes: { generate: { action: 'flag' } } },
         shedding: { search: { budgetMs: 3, concurrency: 1 }, generate: { budgetMs: 60_000, concurrency: 1 } },

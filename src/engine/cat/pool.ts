@@ -5,30 +5,23 @@
 import { readFileSync } from 'node:fs';
 import { join, resolve, isAbsolute } from 'node:path';
 import { sha256Hex } from '../../common/checksum.js';
-import { GenerationEngine, type EngineLimits } from './engine.js';
+import { GenerationEngine, type EngineOptions } from './engine.js';
 import { encode } from '../tokenizer.js';
-import type { OnnxConfig, SessionLogger } from '../session.js';
-import type { ModelInfo, SchedulerOptions } from './types.js';
+import type { ModelInfo } from './types.js';
 
 export interface PoolModel {
   readonly name: string;
   readonly dir: string;
 }
 
-export interface PoolOptions {
+/** What every engine of the pool is started with (EngineOptions documents each). */
+export type PoolEngineOptions = Omit<EngineOptions, 'name' | 'modelDir' | 'busyEngines'>;
+
+export interface PoolOptions extends PoolEngineOptions {
   readonly models: readonly PoolModel[];
   readonly defaultModel: string;
   /** Base for relative model directories. */
   readonly modelsDir: string;
-  readonly onnx: OnnxConfig;
-  readonly verifySha256: boolean;
-  readonly scheduler: SchedulerOptions;
-  readonly limits: EngineLimits;
-  /** Ticks per worker -> main message (default 1). */
-  readonly ticksPerMessage?: number;
-  /** Idle time (ms) after which the engines give freed memory back (EngineOptions.idleTrimMs); 0 = never. */
-  readonly idleTrimMs?: number;
-  readonly logger?: SessionLogger;
 }
 
 export interface ServedModel extends ModelInfo {
@@ -49,18 +42,8 @@ export class EnginePool {
   }
 
   private startEngine(m: PoolModel, verifySha256: boolean): Promise<GenerationEngine> {
-    return GenerationEngine.start({
-      name: m.name,
-      modelDir: this.dirOf(m),
-      onnx: this.opts.onnx,
-      verifySha256,
-      scheduler: this.opts.scheduler,
-      limits: this.opts.limits,
-      ticksPerMessage: this.opts.ticksPerMessage,
-      idleTrimMs: this.opts.idleTrimMs,
-      busyEngines: this.busyEngines,
-      logger: this.opts.logger,
-    });
+    const { onnx, scheduler, limits, ticksPerMessage, idleTrimMs, logger } = this.opts;
+    return GenerationEngine.start({ onnx, scheduler, limits, ticksPerMessage, idleTrimMs, logger, name: m.name, modelDir: this.dirOf(m), verifySha256, busyEngines: this.busyEngines });
   }
 
   /** Starts every model's worker (in order; a failure closes the ones already started). */

@@ -161,21 +161,21 @@ function finish(reason: string): string {
 function input(b: Body, prompt: string, maxTokens: number, topLogprobs: number, logprobs: boolean, stopExtra: readonly string[] = []): GenerateInput {
   const stop = b.stop === undefined ? [] : typeof b.stop === 'string' ? [b.stop] : b.stop;
   return {
-    model: b.model ?? '',
+    model: b.model,
     prompt,
     maxTokens,
-    chunkSize: b.chunk_size ?? 0,
+    chunkSize: b.chunk_size,
     temperature: b.temperature ?? 1,
-    topK: b.top_k ?? 0,
-    topP: b.top_p ?? 0,
+    topK: b.top_k,
+    topP: b.top_p,
     seed: b.seed,
     stop: [...stop, ...stopExtra],
     n: b.n ?? 1,
     logprobs,
     topLogprobs,
-    repetitionPenalty: b.repetition_penalty ?? 0,
-    frequencyPenalty: b.frequency_penalty ?? 0,
-    presencePenalty: b.presence_penalty ?? 0,
+    repetitionPenalty: b.repetition_penalty,
+    frequencyPenalty: b.frequency_penalty,
+    presencePenalty: b.presence_penalty,
   };
 }
 

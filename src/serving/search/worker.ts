@@ -100,6 +100,14 @@ function requireIndex(): VectorIndex {
   return index;
 }
 
+/** A label edit on the sparse index; after its first one (the file copied into memory) the copy's garbage leaves the process. */
+function editSparse(fn: (sp: SparseIndex) => void): void {
+  const sp = requireSparse();
+  const wasFile = sp.fileBacked;
+  fn(sp);
+  if (wasFile && !sp.fileBacked) void releaseFreedMemory();
+}
+
 function requireSparse(): SparseIndex {
   if (!sparse) throw new Error('sparse index not loaded');
   return sparse;
@@ -192,25 +200,23 @@ serveRpc<SearchCalls>(
       const idx = requireIndex();
       const enc = await encoder();
       const vecs = await enc.encodeMany(m.items.map((i) => i.text), 'label', { batchSize: 256 });
-      const sp = requireSparse();
-      const wasFile = sp.fileBacked;
-      m.items.forEach((it, r) => {
-        idx.setAttributes(it.slot, it.pos, it.lex);
-        idx.upsert(it.slot, vecs.subarray(r * enc.dim, (r + 1) * enc.dim));
-        sp.upsert(it);
-      });
-      if (wasFile) void releaseFreedMemory(); // the first edit copied the sparse index into memory
+      editSparse((sp) =>
+        m.items.forEach((it, r) => {
+          idx.setAttributes(it.slot, it.pos, it.lex);
+          idx.upsert(it.slot, vecs.subarray(r * enc.dim, (r + 1) * enc.dim));
+          sp.upsert(it);
+        }),
+      );
       return { size: idx.size };
     }),
     delete(m) {
       const idx = requireIndex();
-      const sp = requireSparse();
-      const wasFile = sp.fileBacked;
-      for (const s of m.slots) {
-        idx.remove(s);
-        sp.remove(s);
-      }
-      if (wasFile && m.slots.length) void releaseFreedMemory();
+      editSparse((sp) => {
+        for (const s of m.slots) {
+          idx.remove(s);
+          sp.remove(s);
+        }
+      });
       return { size: idx.size };
     },
     info() {
