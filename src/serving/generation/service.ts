@@ -110,6 +110,8 @@ export class GenerationService {
   private pool: EnginePool | null = null;
   private metrics: GenerationMetrics | null = null;
   private draining = false;
+  /** close() ran (a start still loading must stop what it started). */
+  private closed = false;
   private readonly log: Logger;
   readonly limits: GenerationLimits;
   private readonly queue: AdmissionQueue | undefined;
@@ -176,6 +178,11 @@ export class GenerationService {
       await started.close();
       throw e;
     }
+    if (this.closed) {
+      // close() ran while the engines loaded: nobody else would stop these workers
+      await started.close();
+      throw new UnavailableError('generation was closed while it started');
+    }
     this.pool = started;
     for (const name of started.names()) {
       this.deps.reloader?.register({
@@ -199,6 +206,7 @@ export class GenerationService {
 
   async close(): Promise<void> {
     this.draining = true;
+    this.closed = true;
     const p = this.pool;
     this.pool = null;
     await p?.close();

@@ -132,6 +132,8 @@ export class SearchService {
   /** The prebuilt artifact's sparse index when it fits the labels (read-only), else undefined: the cache's. */
   private artifactSparseDir: string | undefined;
   private draining = false;
+  /** close() ran: a start still loading labels must not start workers nobody would stop. */
+  private closed = false;
   private inFlight = 0;
   private idle: (() => void) | undefined;
   private adminChain: Promise<unknown> = Promise.resolve();
@@ -193,6 +195,7 @@ export class SearchService {
 
   private async startModel(e: ModelEntry): Promise<void> {
     const store = this.store!;
+    if (this.closed) throw new UnavailableError('search was closed while it started');
     const log = this.log.child({ capability: 'search', model: e.name });
     const workers = new ModelWorkers(
       e.name,
@@ -456,6 +459,7 @@ export class SearchService {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     await Promise.all([...this.models.values()].map((e) => e.workers?.close()));
     this.store?.close();
   }
